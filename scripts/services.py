@@ -1,0 +1,411 @@
+"""Real local services without Docker: Apache Kafka (KRaft) and Apicurio Registry, from Maven Central.
+
+    python scripts/services.py up [--brokers N]   start, or reuse a healthy stack; prints sourceable env lines
+    python scripts/services.py down               stop what `up` started (by process id) and wipe its data
+    python scripts/services.py status             exit 0 when the stack answers, 1 otherwise
+    python scripts/services.py run -- CMD ...     run CMD against the stack; stops it after if it started it
+
+Artefacts are resolved once with ``mvn`` (pinned versions below) into ``.services/cache``, so later starts
+need no network. Runtime state (configs, data, logs, pid files) lives in ``.services/run``. Every process is
+started in its own session and stopped by the pid we recorded, after checking its command line is still ours.
+Ports: broker i listens on KAFKA_PORT + i and its controller on KAFKA_PORT + 100 + i; the registry on
+REGISTRY_PORT. Set them with --kafka-port / --registry-port or RTML_KAFKA_PORT / RTML_REGISTRY_PORT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import glob
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+KAFKA_VERSION = "4.4.0"
+LOG4J_VERSION = "2.25.5"  # the log4j the broker itself depends on: only the slf4j 1.x bridge is added
+# Apicurio 3.3 is built for Java 21; on a machine with only Java 17 the last 3.0 release serves the same API.
+APICURIO_VERSION = "3.3.3"
+APICURIO_VERSION_JAVA17 = "3.0.9"
+CCOMPAT_PATH = "/apis/ccompat/v7"
+
+ROOT = Path(__file__).resolve().parent.parent / ".services"
+CACHE = ROOT / "cache"
+RUN = ROOT / "run"
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 90.0
+
+
+@dataclass(frozen=True)
+class Stack:
+    brokers: int
+    kafka_port: int
+    registry_port: int
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"{HOST}:{self.kafka_port + i}" for i in range(self.brokers))
+
+    @property
+    def registry_url(self) -> str:
+        return f"http://{HOST}:{self.registry_port}{CCOMPAT_PATH}"
+
+    def env_lines(self) -> str:
+        return (
+            f"export KAFKA_BOOTSTRAP_SERVERS={self.bootstrap}\n"
+            f"export SCHEMA_REGISTRY_URL={self.registry_url}\n"
+        )
+
+
+def log(message: str) -> None:
+    print(f"services: {message}", file=sys.stderr, flush=True)
+
+
+# --- artefacts -------------------------------------------------------------------------------------------
+
+
+def mvn(*args: str) -> None:
+    cmd = ["mvn", "-q", "-B", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.exit(f"services: `{' '.join(cmd)}` failed:\n{result.stdout}{result.stderr}")
+
+
+def kafka_libs() -> Path:
+    """The broker's classpath folder: kafka_2.13 with its runtime dependencies, resolved once."""
+    libs = CACHE / f"kafka-{KAFKA_VERSION}" / "libs"
+    if (libs / ".complete").exists():
+        return libs
+    log(f"resolving Apache Kafka {KAFKA_VERSION} from Maven Central (once)")
+    work = libs.parent
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pom.xml").write_text(KAFKA_POM.format(kafka=KAFKA_VERSION, log4j=LOG4J_VERSION))
+    shutil.rmtree(libs, ignore_errors=True)
+    mvn("-f", str(work / "pom.xml"), "dependency:copy-dependencies", f"-DoutputDirectory={libs}",
+        "-DincludeScope=runtime")  # fmt: skip
+    (libs / ".complete").touch()
+    return libs
+
+
+def apicurio_app(version: str) -> Path:
+    """The registry's runnable jar, from the `all` tar.gz on Maven Central, unpacked once."""
+    app = CACHE / f"apicurio-{version}"
+    if not (app / ".complete").exists():
+        log(f"resolving Apicurio Registry {version} from Maven Central (once)")
+        artifact = f"io.apicurio:apicurio-registry-app:{version}:tar.gz:all"
+        download = CACHE / "downloads"
+        mvn("dependency:copy", f"-Dartifact={artifact}", f"-DoutputDirectory={download}")
+        shutil.rmtree(app, ignore_errors=True)
+        with tarfile.open(download / f"apicurio-registry-app-{version}-all.tar.gz") as tar:
+            tar.extractall(app, filter="data")
+        (app / ".complete").touch()
+    # 3.3 ships Quarkus' fast-jar layout, 3.0 an uber runner jar.
+    return next(j for pattern in ("quarkus-run.jar", "*-runner.jar") for j in app.rglob(pattern))
+
+
+KAFKA_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>io.rtml.services</groupId><artifactId>kafka-runtime</artifactId><version>1</version>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>{kafka}</version>
+    </dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
+      <version>{log4j}</version></dependency>
+  </dependencies>
+</project>
+"""
+
+# --- processes ---------------------------------------------------------------------------------------------
+
+
+def pid_file(name: str) -> Path:
+    return RUN / f"{name}.pid"
+
+
+def our_pid(name: str) -> int | None:
+    """The recorded pid of ``name`` if that process is alive and still runs from our folder."""
+    try:
+        pid = int(pid_file(name).read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if str(ROOT).encode() in cmdline else None
+
+
+def spawn(name: str, cmd: Sequence[str]) -> None:
+    with open(RUN / f"{name}.log", "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=RUN)  # fmt: skip
+    pid_file(name).write_text(str(proc.pid))
+
+
+def stop(name: str) -> None:
+    pid = our_pid(name)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while our_pid(name) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if our_pid(name) is not None:
+            log(f"{name} ignored SIGTERM; killing pid {pid}")
+            os.kill(pid, signal.SIGKILL)
+            while our_pid(name) is not None:
+                time.sleep(0.05)
+    pid_file(name).unlink(missing_ok=True)
+
+
+def process_names(brokers: int) -> list[str]:
+    return [*(f"kafka-{i}" for i in range(brokers)), "registry"]
+
+
+def recorded_names() -> list[str]:
+    return sorted(p.stem for p in RUN.glob("*.pid")) if RUN.exists() else []
+
+
+# --- kafka ----------------------------------------------------------------------------------------------
+
+
+def java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    return str(Path(home) / "bin" / "java") if home else "java"
+
+
+def java_major(binary: str) -> int:
+    try:
+        out = subprocess.run([binary, "-version"], capture_output=True, text=True, check=False).stderr
+    except OSError:
+        return 0
+    match = re.search(r'version "(\d+)', out)
+    return int(match.group(1)) if match else 0
+
+
+def registry_runtime() -> tuple[str, str]:
+    """(java binary, Apicurio version): a Java 21+ found on this machine runs 3.3, else Java 17+ runs 3.0."""
+    homes = [os.environ.get("RTML_REGISTRY_JAVA_HOME"), os.environ.get("JAVA_HOME"),
+             *sorted(glob.glob("/usr/lib/jvm/*"), reverse=True)]  # fmt: skip
+    candidates = [java(), *(str(Path(h) / "bin" / "java") for h in homes if h)]
+    best = max(candidates, key=java_major)
+    major = java_major(best)
+    if major >= 21:
+        return best, APICURIO_VERSION
+    if major >= 17:
+        return best, APICURIO_VERSION_JAVA17
+    sys.exit("services: Java 17 or newer is needed (set JAVA_HOME)")
+
+
+def broker_properties(stack: Stack, i: int) -> str:
+    voters = ",".join(f"{n + 1}@{HOST}:{stack.kafka_port + 100 + n}" for n in range(stack.brokers))
+    replicas = min(3, stack.brokers)
+    controller = stack.kafka_port + 100 + i
+    return "\n".join([
+        "process.roles=broker,controller",
+        f"node.id={i + 1}",
+        f"controller.quorum.voters={voters}",
+        f"listeners=PLAINTEXT://{HOST}:{stack.kafka_port + i},CONTROLLER://{HOST}:{controller}",
+        f"advertised.listeners=PLAINTEXT://{HOST}:{stack.kafka_port + i}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"log.dirs={RUN / f'kafka-{i}' / 'data'}",
+        "num.partitions=1",
+        f"default.replication.factor={replicas}",
+        f"offsets.topic.replication.factor={replicas}",
+        f"transaction.state.log.replication.factor={replicas}",
+        f"transaction.state.log.min.isr={max(1, replicas - 1)}",
+        f"share.coordinator.state.topic.replication.factor={replicas}",
+        f"share.coordinator.state.topic.min.isr={max(1, replicas - 1)}",
+        "offsets.topic.num.partitions=12",
+        "transaction.state.log.num.partitions=12",
+        "group.initial.rebalance.delay.ms=0",
+        "auto.create.topics.enable=false",
+        "log.flush.interval.messages=9223372036854775807",
+        "",
+    ])  # fmt: skip
+
+
+def start_kafka(stack: Stack) -> None:
+    libs = kafka_libs()
+    classpath = f"{libs}/*"
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    jvm = [java(), "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+           f"-Dlog4j2.configurationFile={write_log4j()}", "-cp", classpath]  # fmt: skip
+    for i in range(stack.brokers):
+        folder = RUN / f"kafka-{i}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        props = folder / "server.properties"
+        props.write_text(broker_properties(stack, i))
+        fmt = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+        if fmt.returncode != 0:
+            sys.exit(f"services: formatting kafka-{i} storage failed:\n{fmt.stdout}{fmt.stderr}")
+        spawn(f"kafka-{i}", [*jvm, "kafka.Kafka", str(props)])
+
+
+def write_log4j() -> Path:
+    path = RUN / "log4j2.properties"
+    path.write_text(
+        "rootLogger.level=WARN\nrootLogger.appenderRef.stdout.ref=STDOUT\n"
+        "appender.stdout.type=Console\nappender.stdout.name=STDOUT\n"
+        "appender.stdout.layout.type=PatternLayout\nappender.stdout.layout.pattern=[%d] %p %m (%c)%n\n"
+        "logger.kafka.name=kafka\nlogger.kafka.level=INFO\n"
+    )
+    return path
+
+
+def kafka_ready(stack: Stack, timeout: float = 2.0) -> bool:
+    """True when the cluster answers a metadata request with every broker registered."""
+    from confluent_kafka.admin import AdminClient  # the venv has it; `up` runs from the venv
+
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap, "socket.timeout.ms": 1000, "logger": _quiet})
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except Exception:
+        return False
+    return len(metadata.brokers) == stack.brokers
+
+
+_quiet = logging.getLogger("services.librdkafka")  # swallows "connection refused" while the broker starts
+_quiet.disabled = True
+
+# --- registry -------------------------------------------------------------------------------------------
+
+
+def start_registry(stack: Stack) -> None:
+    binary, version = registry_runtime()
+    jar = apicurio_app(version)
+    spawn("registry", [
+        binary, "-Xms128m", "-Xmx512m",
+        f"-Dquarkus.http.port={stack.registry_port}", f"-Dquarkus.http.host={HOST}",
+        "-Dapicurio.storage.kind=sql", "-Dapicurio.storage.sql.kind=h2",
+        "-Dapicurio.datasource.url=jdbc:h2:mem:registry", "-Dapicurio.rest.deletion.artifact.enabled=true",
+        "-Dapicurio.rest.deletion.artifact-version.enabled=true", "-Dquarkus.log.level=WARN",
+        "-Dquarkus.analytics.disabled=true", f"-Dapicurio.root.dir={RUN}",
+        "-jar", str(jar),
+    ])  # fmt: skip
+
+
+def registry_ready(stack: Stack, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{stack.registry_url}/subjects", timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+# --- commands -----------------------------------------------------------------------------------------------
+
+
+def healthy(stack: Stack) -> bool:
+    alive = all(our_pid(name) is not None for name in process_names(stack.brokers))
+    return alive and registry_ready(stack) and kafka_ready(stack)
+
+
+def wait_until_ready(stack: Stack) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    waiting = {"kafka": lambda: kafka_ready(stack), "registry": lambda: registry_ready(stack)}
+    while waiting:
+        for name, ready in list(waiting.items()):
+            if ready():
+                del waiting[name]
+        dead = [n for n in process_names(stack.brokers) if our_pid(n) is None]
+        if dead:
+            sys.exit(f"services: {', '.join(dead)} exited at start; see {RUN}/<name>.log")
+        if waiting and time.monotonic() > deadline:
+            sys.exit(f"services: {', '.join(waiting)} not ready after {START_TIMEOUT_S:.0f}s; logs in {RUN}")
+        if waiting:
+            time.sleep(0.3)
+
+
+def up(stack: Stack) -> bool:
+    """Start the stack, or reuse it when healthy. Returns True when this call started it."""
+    RUN.mkdir(parents=True, exist_ok=True)
+    if healthy(stack) and set(recorded_names()) == set(process_names(stack.brokers)):
+        log(f"reusing the running stack ({stack.bootstrap}, {stack.registry_url})")
+        return False
+    if recorded_names():
+        log("a previous stack is half-dead or differently shaped: restarting it")
+        down()
+    kafka_libs(), apicurio_app(registry_runtime()[1])  # resolve both before starting either
+    started = time.monotonic()
+    start_kafka(stack)
+    start_registry(stack)
+    wait_until_ready(stack)
+    log(f"ready in {time.monotonic() - started:.1f}s: kafka {stack.bootstrap}, registry {stack.registry_url}")
+    return True
+
+
+def down() -> None:
+    for name in recorded_names():
+        stop(name)
+    for folder in RUN.glob("kafka-*"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run(stack: Stack, cmd: Sequence[str]) -> int:
+    started = up(stack)
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
+        "SCHEMA_REGISTRY_URL": stack.registry_url,
+    }
+    try:
+        return subprocess.call(list(cmd), env=env)
+    finally:
+        if started:
+            down()
+
+
+def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("command", choices=["up", "down", "status", "env", "run"])
+    parser.add_argument("--brokers", type=int, default=int(os.environ.get("RTML_KAFKA_BROKERS", "1")))
+    parser.add_argument("--kafka-port", type=int, default=int(os.environ.get("RTML_KAFKA_PORT", "9092")))
+    parser.add_argument(
+        "--registry-port", type=int, default=int(os.environ.get("RTML_REGISTRY_PORT", "8081"))
+    )
+    argv = list(argv)
+    rest: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, rest = argv[:at], argv[at + 1 :]
+    return parser.parse_args(argv), rest
+
+
+def main(argv: Sequence[str]) -> int:
+    args, rest = parse(argv)
+    stack = Stack(args.brokers, args.kafka_port, args.registry_port)
+    if args.command == "up":
+        up(stack)
+        print(stack.env_lines(), end="")
+    elif args.command == "down":
+        down()
+        log("stopped")
+    elif args.command == "status":
+        ok = healthy(stack)
+        log("healthy" if ok else "not running")
+        return 0 if ok else 1
+    elif args.command == "env":
+        print(stack.env_lines(), end="")
+    else:
+        if not rest:
+            sys.exit("services: run needs a command after --")
+        return run(stack, rest)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
