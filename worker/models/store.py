@@ -1,0 +1,233 @@
+"""The model store: ONNX models kept by content, so a graph names exactly the bytes it was validated with.
+
+Layout of the store folder (default ``.models/`` in the working directory, or ``$RTML_MODEL_STORE``)::
+
+    <hex>.onnx          the model's bytes; <hex> is the sha256 of exactly these bytes
+    <hex>.json          metadata: name, size, uploaded_at, opset, producer, inputs, outputs, external_data
+    <hex>.data/<loc>    external tensor data, if the model has any, with its sha256 in the metadata
+
+A ``model_id`` is ``"sha256:<64 lowercase hex>"``: the algorithm is part of the id so that it can change
+without ambiguity, and graphs refer to models only by id. Every write goes to a temporary file in the store
+folder and is renamed into place, so a reader never sees half a model; uploading the same bytes twice is a
+no-op that returns the first upload's metadata.
+
+``ModelStore`` implements the graph's ``ModelLoader`` protocol (``load(model_id) -> bytes``). It is called at
+start (graph compilation), never per event; its methods block on file I/O and raise ``ModelError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from worker.errors import ModelError
+from worker.models.checks import check_model, describe, external_locations, parse_model
+
+MODEL_STORE_ENV = "RTML_MODEL_STORE"
+DEFAULT_STORE_DIR = ".models"
+_MODEL_ID = re.compile(r"^sha256:([0-9a-f]{64})$")
+
+
+def default_store_dir() -> Path:
+    """``$RTML_MODEL_STORE`` when set, else ``.models`` in the current directory."""
+    return Path(os.environ.get(MODEL_STORE_ENV) or DEFAULT_STORE_DIR)
+
+
+def model_id_of(data: bytes) -> str:
+    """The id of a model's bytes: ``sha256:<hex>``."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def parse_model_id(model_id: str) -> str:
+    """The hex digest inside ``model_id``; ``ModelError`` if it is not ``sha256:<64 lowercase hex>``."""
+    match = _MODEL_ID.match(model_id)
+    if match is None:
+        raise ModelError(
+            f"invalid model id {model_id!r}: expected 'sha256:' followed by 64 lowercase hex digits"
+        )
+    return match.group(1)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The metadata stored next to a model (``<hex>.json``)."""
+
+    model_id: str
+    name: str
+    size: int
+    uploaded_at: str
+    opset: dict[str, int]
+    producer: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    external_data: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any], *, what: str) -> ModelInfo:
+        try:
+            return cls(**raw)
+        except TypeError as exc:
+            raise ModelError(f"{what}: unreadable metadata ({exc})") from exc
+
+
+class ModelStore:
+    """A folder of content-addressed ONNX models.
+
+    ``allow_custom_domains`` governs ``load`` (and is the default for ``upload``): a model that uses a
+    non-standard operator domain is refused unless it is true.
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str] | None = None, *, allow_custom_domains: bool = False
+    ) -> None:
+        self.root = Path(root) if root is not None else default_store_dir()
+        self.allow_custom_domains = allow_custom_domains
+
+    def upload(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        allow_custom_domains: bool | None = None,
+    ) -> ModelInfo:
+        """Check and store the model file at ``path`` (and its external data, read from its folder)."""
+        source = Path(path)
+        try:
+            data = source.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"{source}: cannot read model ({exc.strerror})") from exc
+        return self.put(data, name=name or source.stem, source_dir=source.parent, allow=allow_custom_domains)
+
+    def put(
+        self, data: bytes, *, name: str, source_dir: Path | None = None, allow: bool | None = None
+    ) -> ModelInfo:
+        """Check and store a model given as bytes; external data, if any, is read from ``source_dir``."""
+        model = parse_model(data, what=name)
+        allowed = self.allow_custom_domains if allow is None else allow
+        check_model(model, what=name, allow_custom_domains=allowed)
+        model_id = model_id_of(data)
+        digest = parse_model_id(model_id)
+        if (self.root / f"{digest}.json").exists() and (self.root / f"{digest}.onnx").exists():
+            return self.info(model_id)
+        external = self._store_external(model, digest, name=name, source_dir=source_dir)
+        info = ModelInfo(
+            model_id=model_id,
+            name=name,
+            size=len(data),
+            uploaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            external_data=external,
+            **describe(model),
+        )
+        _atomic_write(self.root / f"{digest}.onnx", data)
+        _atomic_write(self.root / f"{digest}.json", (json.dumps(info.to_json(), indent=2) + "\n").encode())
+        return info
+
+    def load(self, model_id: str) -> bytes:
+        """The verified bytes of ``model_id``, with any external data inlined.
+
+        Raises ``ModelError`` when the model is missing, its bytes (or external data) do not match the
+        recorded hash, or it fails the upload checks.
+        """
+        digest = parse_model_id(model_id)
+        try:
+            data = (self.root / f"{digest}.onnx").read_bytes()
+        except FileNotFoundError as exc:
+            raise ModelError(f"model {model_id} is not in the model store {self.root}") from exc
+        except OSError as exc:
+            raise ModelError(f"model {model_id}: cannot read ({exc.strerror})") from exc
+        if model_id_of(data) != model_id:
+            raise ModelError(f"model {model_id}: content does not match its hash (corrupted or tampered)")
+        model = parse_model(data, what=model_id)
+        check_model(model, what=model_id, allow_custom_domains=self.allow_custom_domains)
+        if not external_locations(model):
+            return data
+        return self._inline_external(model, model_id)
+
+    def info(self, model_id: str) -> ModelInfo:
+        """The stored metadata of ``model_id``; ``ModelError`` if missing or unreadable."""
+        return self._read_info(self.root / f"{parse_model_id(model_id)}.json", what=model_id)
+
+    def list_models(self) -> list[ModelInfo]:
+        """Every stored model's metadata, oldest upload first (an absent store folder is empty)."""
+        if not self.root.is_dir():
+            return []
+        infos = [self._read_info(path, what=path.name) for path in self.root.glob("*.json")]
+        return sorted(infos, key=lambda info: (info.uploaded_at, info.model_id))
+
+    def _read_info(self, path: Path, *, what: str) -> ModelInfo:
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ModelError(f"model {what} is not in the model store {self.root}") from exc
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{what}: unreadable metadata ({exc})") from exc
+        return ModelInfo.from_json(raw, what=what)
+
+    def _store_external(
+        self, model: onnx.ModelProto, digest: str, *, name: str, source_dir: Path | None
+    ) -> list[dict[str, Any]]:
+        locations = external_locations(model)
+        if not locations:
+            return []
+        if source_dir is None:
+            raise ModelError(f"{name}: has external data but no folder to read it from")
+        stored: list[dict[str, Any]] = []
+        for location in locations:
+            blob = _read_inside(source_dir, location, what=name)
+            _atomic_write(self.root / f"{digest}.data" / location, blob)
+            stored.append(
+                {"location": location, "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
+            )
+        return stored
+
+    def _inline_external(self, model: onnx.ModelProto, model_id: str) -> bytes:
+        digest = parse_model_id(model_id)
+        base = self.root / f"{digest}.data"
+        recorded = {entry["location"]: entry["sha256"] for entry in self.info(model_id).external_data}
+        for location in external_locations(model):
+            blob = _read_inside(base, location, what=model_id)
+            if hashlib.sha256(blob).hexdigest() != recorded.get(location):
+                raise ModelError(f"model {model_id}: external data {location!r} does not match its hash")
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(base))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"model {model_id}: cannot load external data ({exc})") from exc
+        return bytes(model.SerializeToString())
+
+
+def _read_inside(base: Path, location: str, *, what: str) -> bytes:
+    """Read ``base/location``, refusing a path that resolves outside ``base`` (e.g. through a symlink)."""
+    path = (base / location).resolve()
+    if not path.is_relative_to(base.resolve()):
+        raise ModelError(f"{what}: external data location {location!r} leaves the model folder")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{what}: cannot read external data {location!r} ({exc.strerror})") from exc
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, flush it to disk, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

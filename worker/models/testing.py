@@ -1,0 +1,44 @@
+"""Tiny hand-built ONNX models for tests of the store and of graphs that need a real model.
+
+Built with ``onnx.helper`` in memory, so tests need neither training nor files from the network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def add_model(*, domain: str = "", external: str | None = None, folder: Path | None = None) -> bytes:
+    """``y = x + [1.5, -2.0]`` for ``x`` of shape (N, 2), float32.
+
+    ``domain`` puts the Add node (and an opset import) in that operator domain. ``external`` stores the
+    weight as external data: the file ``weights.bin`` is written into ``folder`` and the tensor then
+    points at the location ``external`` (which may be a hostile path, for tests of the checks).
+    """
+    weight = numpy_helper.from_array(np.array([1.5, -2.0], dtype=np.float32), name="w")
+    node = helper.make_node("Add", ["x", "w"], ["y"], domain=domain)
+    graph = helper.make_graph(
+        [node],
+        "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [weight],
+    )
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    model = helper.make_model(graph, opset_imports=opsets)
+    if external is not None:
+        if folder is None:
+            raise ValueError("external data needs a folder to write weights.bin into")
+        onnx.external_data_helper.convert_model_to_external_data(
+            model, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0
+        )
+        onnx.save_model(model, str(folder / "model.onnx"))  # writes weights.bin next to it
+        for tensor in model.graph.initializer:
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = external
+    return bytes(model.SerializeToString())
