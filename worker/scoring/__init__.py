@@ -1,0 +1,1 @@
+"""Offline scoring: read events from a file, build columns, run the compiled graph, print scores."""
