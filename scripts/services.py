@@ -6,10 +6,12 @@
     python scripts/services.py run -- CMD ...     run CMD against the stack; stops it after if it started it
 
 Artefacts are resolved once with ``mvn`` (pinned versions below) into ``.services/cache``, so later starts
-need no network. Runtime state (configs, data, logs, pid files) lives in ``.services/run``. Every process is
-started in its own session and stopped by the pid we recorded, after checking its command line is still ours.
+need no network. Runtime state (configs, data, logs, pid files) lives in ``.services/run-<first broker
+port>``, so stacks on other ports can run side by side. Every process is started in its own session and
+stopped by the pid we recorded, after checking its command line is still ours.
 Ports: broker i listens on KAFKA_PORT + i and its controller on KAFKA_PORT + 100 + i; the registry on
-REGISTRY_PORT. Set them with --kafka-port / --registry-port or RTML_KAFKA_PORT / RTML_REGISTRY_PORT.
+REGISTRY_PORT and its management interface on REGISTRY_PORT + 1. Set them with --kafka-port /
+--registry-port or RTML_KAFKA_PORT / RTML_REGISTRY_PORT.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ CCOMPAT_PATH = "/apis/ccompat/v7"
 
 ROOT = Path(__file__).resolve().parent.parent / ".services"
 CACHE = ROOT / "cache"
-RUN = ROOT / "run"
+RUN = ROOT / "run-9092"  # one folder per stack, by its first broker port: set in main()
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 90.0
 
@@ -150,19 +152,20 @@ def spawn(name: str, cmd: Sequence[str]) -> None:
     pid_file(name).write_text(str(proc.pid))
 
 
-def stop(name: str) -> None:
-    pid = our_pid(name)
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while our_pid(name) is not None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if our_pid(name) is not None:
-            log(f"{name} ignored SIGTERM; killing pid {pid}")
+def stop(names: Sequence[str], grace_s: float = 10.0) -> None:
+    """SIGTERM all at once (a broker waits for its quorum), then SIGKILL what is left after the grace."""
+    for name in names:
+        if (pid := our_pid(name)) is not None:
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while any(our_pid(n) is not None for n in names) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for name in names:
+        if (pid := our_pid(name)) is not None:
             os.kill(pid, signal.SIGKILL)
             while our_pid(name) is not None:
                 time.sleep(0.05)
-    pid_file(name).unlink(missing_ok=True)
+        pid_file(name).unlink(missing_ok=True)
 
 
 def process_names(brokers: int) -> list[str]:
@@ -292,6 +295,7 @@ def start_registry(stack: Stack) -> None:
         "-Dapicurio.datasource.url=jdbc:h2:mem:registry", "-Dapicurio.rest.deletion.artifact.enabled=true",
         "-Dapicurio.rest.deletion.artifact-version.enabled=true", "-Dquarkus.log.level=WARN",
         "-Dquarkus.analytics.disabled=true", f"-Dapicurio.root.dir={RUN}",
+        f"-Dquarkus.management.port={stack.registry_port + 1}", f"-Dquarkus.management.host={HOST}",
         "-jar", str(jar),
     ])  # fmt: skip
 
@@ -339,16 +343,19 @@ def up(stack: Stack) -> bool:
         down()
     kafka_libs(), apicurio_app(registry_runtime()[1])  # resolve both before starting either
     started = time.monotonic()
-    start_kafka(stack)
-    start_registry(stack)
-    wait_until_ready(stack)
+    try:
+        start_kafka(stack)
+        start_registry(stack)
+        wait_until_ready(stack)
+    except BaseException:
+        down()  # a failed start leaves nothing running
+        raise
     log(f"ready in {time.monotonic() - started:.1f}s: kafka {stack.bootstrap}, registry {stack.registry_url}")
     return True
 
 
 def down() -> None:
-    for name in recorded_names():
-        stop(name)
+    stop(recorded_names())
     for folder in RUN.glob("kafka-*"):
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -386,8 +393,10 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: Sequence[str]) -> int:
+    global RUN  # noqa: PLW0603 - every helper below works on the stack that main() chose
     args, rest = parse(argv)
     stack = Stack(args.brokers, args.kafka_port, args.registry_port)
+    RUN = ROOT / f"run-{stack.kafka_port}"
     if args.command == "up":
         up(stack)
         print(stack.env_lines(), end="")
