@@ -1,0 +1,140 @@
+"""ONNX Runtime behind a small protocol, and the static facts the ONNX node reads from a model.
+
+``open_session`` is the one place ONNX Runtime and onnx exceptions are translated (into ``GraphError`` naming
+the node). It refuses custom op domains unless allowed, passes ``providers=`` explicitly and refuses a
+provider
+that is not available rather than falling back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy.typing as npt
+import onnx
+import onnxruntime as ort
+
+from worker.errors import GraphError
+
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+_LABEL_ATTRS = ("classlabels_strings", "classlabels_int64s", "classlabels_ints")
+
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model input or output: name, ONNX type string (``tensor(float)``, ``seq(map(int64,tensor(float)))``)
+    and shape (ints, symbolic names or None)."""
+
+    name: str
+    type: str
+    shape: tuple[Dim, ...]
+
+
+class Session(Protocol):
+    """What the ONNX node needs from an inference session. ``run`` may be called from several threads."""
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]: ...
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]: ...
+
+    def run(self, output_names: Sequence[str], feeds: Mapping[str, npt.NDArray[Any]]) -> list[Any]: ...
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What compile reads from the model proto: class labels per ZipMap output, and the classifier's
+    labels."""
+
+    zipmap_labels: dict[str, tuple[str, ...]]
+    classifier_labels: tuple[str, ...] | None
+
+
+class OrtSession:
+    """An ``onnxruntime.InferenceSession`` seen through ``Session``."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self._session = session
+        self._inputs = tuple(_info(i) for i in session.get_inputs())
+        self._outputs = tuple(_info(o) for o in session.get_outputs())
+
+    @property
+    def inputs(self) -> tuple[TensorInfo, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorInfo, ...]:
+        return self._outputs
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(i.name for i in self._inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self._outputs)
+
+    def run(self, output_names: Sequence[str], feeds: Mapping[str, npt.NDArray[Any]]) -> list[Any]:
+        result: list[Any] = self._session.run(list(output_names), dict(feeds))
+        return result
+
+
+def _info(arg: Any) -> TensorInfo:
+    return TensorInfo(str(arg.name), str(arg.type), tuple(arg.shape or ()))
+
+
+def inspect_model(model: bytes, *, node_id: str, model_id: str, allow_custom_domains: bool) -> ModelFacts:
+    """Parse the model proto, refuse non-standard op domains, and collect class labels."""
+    try:
+        proto = onnx.load_model_from_string(model)
+    except Exception as exc:  # onnx raises DecodeError and friends without a common base
+        raise GraphError(f"model {model_id!r} is not a valid ONNX model: {exc}", node_id=node_id) from exc
+    domains = {op.domain for op in proto.opset_import} | {n.domain for n in proto.graph.node}
+    domains |= {n.domain for f in proto.functions for n in f.node}
+    custom = sorted(domains - STANDARD_DOMAINS - {f.domain for f in proto.functions})
+    if custom and not allow_custom_domains:
+        raise GraphError(
+            f"model {model_id!r} uses non-standard op domain(s) {custom}; "
+            "pass allow_custom_domains to accept",
+            node_id=node_id,
+        )
+    zipmaps: dict[str, tuple[str, ...]] = {}
+    classifier: set[tuple[str, ...]] = set()
+    for n in proto.graph.node:
+        labels = next((_labels(a) for a in n.attribute if a.name in _LABEL_ATTRS), None)
+        if labels is None:
+            continue
+        if n.op_type == "ZipMap":
+            zipmaps.update({out: labels for out in n.output})
+        else:
+            classifier.add(labels)
+    return ModelFacts(zipmaps, classifier.pop() if len(classifier) == 1 else None)
+
+
+def _labels(attr: onnx.AttributeProto) -> tuple[str, ...]:
+    if attr.strings:
+        return tuple(s.decode() for s in attr.strings)
+    return tuple(str(i) for i in attr.ints)
+
+
+def open_session(
+    model: bytes, *, node_id: str, model_id: str, providers: Sequence[str], intra_op_num_threads: int
+) -> OrtSession:
+    """An inference session on exactly ``providers``; a GraphError if one is missing or the model fails."""
+    available = set(ort.get_available_providers())
+    missing = [p for p in providers if p not in available]
+    if missing or not providers:
+        raise GraphError(f"execution provider(s) {missing or '[]'} not available here", node_id=node_id)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_num_threads
+    options.inter_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(model, sess_options=options, providers=list(providers))
+    except Exception as exc:  # onnxruntime's errors share no public base class
+        raise GraphError(f"ONNX Runtime cannot load model {model_id!r}: {exc}", node_id=node_id) from exc
+    return OrtSession(session)
