@@ -1,0 +1,54 @@
+"""The services script's pure parts: broker configs for one and three brokers, sourceable env lines."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "services.py"
+
+
+@pytest.fixture(scope="module")
+def services() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("services_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["services_script"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def props(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if line)
+
+
+def test_three_broker_cluster_has_distinct_nodes_ports_and_replication_three(services: ModuleType) -> None:
+    stack = services.Stack(brokers=3, kafka_port=19092, registry_port=18081)
+    configs = [props(services.broker_properties(stack, i)) for i in range(3)]
+    assert [c["node.id"] for c in configs] == ["1", "2", "3"]
+    assert len({c["listeners"] for c in configs}) == 3
+    assert {c["controller.quorum.voters"] for c in configs} == {
+        "1@127.0.0.1:19192,2@127.0.0.1:19193,3@127.0.0.1:19194"
+    }
+    assert all(c["default.replication.factor"] == "3" for c in configs)
+    assert all(c["transaction.state.log.min.isr"] == "2" for c in configs)
+    assert stack.bootstrap == "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
+
+
+def test_single_broker_uses_replication_one(services: ModuleType) -> None:
+    stack = services.Stack(brokers=1, kafka_port=9092, registry_port=8081)
+    config = props(services.broker_properties(stack, 0))
+    assert config["offsets.topic.replication.factor"] == "1"
+    assert config["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9092"
+
+
+def test_env_lines_are_sourceable(services: ModuleType) -> None:
+    stack = services.Stack(brokers=1, kafka_port=9092, registry_port=8081)
+    assert stack.env_lines().splitlines() == [
+        "export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092",
+        "export SCHEMA_REGISTRY_URL=http://127.0.0.1:8081/apis/ccompat/v7",
+    ]
