@@ -1,0 +1,128 @@
+"""A small Confluent Schema Registry client: schemas by id (cached), subject lookup and registration.
+
+Speaks the Confluent REST API (also served by Apicurio's ccompat endpoint) over ``urllib``: no new dependency.
+Faults are split by who must act: an unknown id (404) is ``SchemaNotFound`` (the record is bad: dead-letter);
+unreachable, timeouts, 5xx and 429 are retried with bounded exponential backoff while the caller waits, then
+``RegistryUnavailable`` (infrastructure: retry the batch or stop, never dead-letter). A refused registration
+(409/422) is a ``ConfigError`` (the output schema does not fit the subject). Thread-safe; calls block.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from worker.avro.schema import AvroSchema, SchemaParseError
+from worker.errors import ConfigError, RegistryUnavailable
+
+_CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+
+
+class RegistryConfig(BaseModel):
+    """Where the registry is and how hard to try; credentials never appear in errors or logs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    basic_auth_user_info: str | None = Field(default=None, repr=False, description="'user:password'")
+    bearer_token: str | None = Field(default=None, repr=False)
+    timeout_s: float = Field(default=5.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    backoff_initial_s: float = Field(default=0.1, ge=0)
+    backoff_max_s: float = Field(default=2.0, ge=0)
+
+
+class SchemaNotFound(LookupError):
+    """The registry does not know this schema id (or this schema under this subject)."""
+
+
+class SchemaRegistryClient:
+    """Fetches and registers Avro schemas; ``schema_by_id`` answers from its cache after the first call."""
+
+    def __init__(self, config: RegistryConfig, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.config = config
+        self._sleep = sleep
+        self._by_id: dict[int, AvroSchema] = {}
+        self._lock = threading.Lock()
+        self._headers = {"Accept": _CONTENT_TYPE, "Content-Type": _CONTENT_TYPE}
+        if config.basic_auth_user_info:
+            token = base64.b64encode(config.basic_auth_user_info.encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
+        elif config.bearer_token:
+            self._headers["Authorization"] = f"Bearer {config.bearer_token}"
+
+    def schema_by_id(self, schema_id: int) -> AvroSchema:
+        """The writer schema registered as ``schema_id``; raises SchemaNotFound or RegistryUnavailable."""
+        with self._lock:
+            cached = self._by_id.get(schema_id)
+        if cached is not None:
+            return cached
+        body = self._request("GET", f"/schemas/ids/{schema_id}")
+        if body.get("schemaType", "AVRO") != "AVRO" or body.get("references"):
+            raise SchemaNotFound(f"schema {schema_id} is not a self-contained Avro schema")
+        try:
+            schema = AvroSchema.parse(body["schema"])
+        except (SchemaParseError, KeyError) as exc:
+            raise SchemaNotFound(f"schema {schema_id} is not valid Avro: {exc}") from exc
+        with self._lock:
+            self._by_id[schema_id] = schema
+        return schema
+
+    def register(self, subject: str, schema: AvroSchema) -> int:
+        """Register ``schema`` under ``subject`` (idempotent); its id. Raises ConfigError when refused."""
+        body = self._request("POST", f"/subjects/{_quote(subject)}/versions", {"schema": schema.text})
+        return int(body["id"])
+
+    def lookup(self, subject: str, schema: AvroSchema) -> int:
+        """The id of ``schema`` under ``subject``; raises SchemaNotFound if it was never registered there."""
+        body = self._request("POST", f"/subjects/{_quote(subject)}", {"schema": schema.text})
+        return int(body["id"])
+
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One call with bounded retries on transient faults; translates every failure into our tree."""
+        delay = self.config.backoff_initial_s
+        url = self.config.url.rstrip("/") + path
+        data = None if payload is None else json.dumps(payload).encode()
+        last = "no attempt"
+        for attempt in range(self.config.max_retries + 1):
+            if attempt:
+                self._sleep(delay)
+                delay = min(delay * 2, self.config.backoff_max_s)
+            request = urllib.request.Request(url, data=data, method=method, headers=self._headers)
+            try:
+                with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
+                    answer: dict[str, Any] = json.loads(response.read())
+                    return answer
+            except urllib.error.HTTPError as exc:
+                last = f"HTTP {exc.code}"
+                if exc.code == 404:
+                    raise SchemaNotFound(f"{method} {path}: not found") from exc
+                if exc.code in (409, 422):
+                    raise ConfigError(f"the registry refused the schema: {_detail(exc)}", field=path) from exc
+                if exc.code < 500 and exc.code != 429:
+                    raise RegistryUnavailable(f"registry answered {exc.code} to {method} {path}") from exc
+            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as exc:
+                last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+        raise RegistryUnavailable(
+            f"registry unreachable after {self.config.max_retries + 1} attempts ({method} {path}: {last})"
+        )
+
+
+def _quote(subject: str) -> str:
+    return urllib.parse.quote(subject, safe="")
+
+
+def _detail(exc: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.loads(exc.read()).get("message", exc.reason))
+    except (ValueError, OSError):
+        return str(exc.reason)

@@ -1,0 +1,152 @@
+"""Vectorised reading of Avro primitives at many positions of one buffer at once.
+
+A ``Cursor`` holds the payloads of a batch concatenated into one buffer, one read position and one end per
+row, and a ``bad`` mask. Every read takes the rows to advance and returns one value per row; a row whose read
+would cross its own end is marked bad (its value is garbage, its position is pinned to its end) and the
+caller drops it. Nothing here allocates more than a small multiple of the batch's own bytes, whatever a length
+prefix claims. Used by ``worker.avro.fastpath``; not thread-safe (one cursor per decode call).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Rows = npt.NDArray[np.intp] | slice
+"""The rows a read advances: an index array, or ``slice(None)`` for all rows (cheaper than fancy indexing)."""
+_PAD = 16
+_AR10 = np.arange(10)
+_SHIFTS = (7 * np.arange(10)).astype(np.uint64)
+_AR8 = np.arange(8)
+
+
+def subset(rows: Rows, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
+    """The rows selected by ``mask`` (a mask over ``rows``), as an index array."""
+    return np.flatnonzero(mask) if isinstance(rows, slice) else rows[mask]
+
+
+def count(rows: Rows, total: int) -> int:
+    """How many rows ``rows`` selects out of ``total``."""
+    return total if isinstance(rows, slice) else len(rows)
+
+
+class Cursor:
+    """Read positions over ``data`` (the batch's payloads joined); ``pos``/``end`` are absolute offsets."""
+
+    def __init__(self, data: bytes, pos: npt.NDArray[np.int64], end: npt.NDArray[np.int64]) -> None:
+        self.data = data
+        self.buf = np.frombuffer(data + bytes(_PAD), dtype=np.uint8)
+        self.pos = pos.astype(np.int64, copy=True)
+        self.end = end.astype(np.int64, copy=False)
+        self.bad = np.zeros(len(pos), dtype=np.bool_)
+
+    def fail(self, rows: Rows, mask: npt.NDArray[np.bool_]) -> None:
+        """Mark ``rows[mask]`` bad and pin their positions to their ends."""
+        if mask.any():
+            hit = subset(rows, mask)
+            self.bad[hit] = True
+            self.pos[hit] = self.end[hit]
+
+    def long(self, rows: Rows) -> npt.NDArray[np.int64]:
+        """Zigzag varints (Avro int and long) at ``rows``: one pass per byte position, over open rows."""
+        p = self.pos[rows].copy()  # a view when rows is a slice
+        first = self.buf[p]
+        z = (first & 0x7F).astype(np.uint64)
+        length = np.ones(len(p), dtype=np.int64)
+        active = np.flatnonzero(first >= 0x80)
+        shift = 7
+        while active.size:
+            if shift >= 70:  # more than 10 bytes: not an Avro long
+                self.fail(rows, np.isin(np.arange(len(p)), active))
+                break
+            byte = self.buf[p[active] + length[active]]
+            z[active] |= (byte & 0x7F).astype(np.uint64) << np.uint64(shift)
+            length[active] += 1
+            active = active[byte >= 0x80]
+            shift += 7
+        new = p + length
+        self.pos[rows] = new
+        self.fail(rows, new > self.end[rows])
+        out: npt.NDArray[np.int64] = (z >> np.uint64(1)).astype(np.int64) ^ -(z & np.uint64(1)).astype(
+            np.int64
+        )
+        return out
+
+    def fixed_width(self, rows: Rows, width: int) -> npt.NDArray[np.uint8]:
+        """``width`` raw bytes per row as an (n, width) array."""
+        p = self.pos[rows].copy()  # a view when rows is a slice
+        new = p + width
+        self.pos[rows] = new
+        self.fail(rows, new > self.end[rows])
+        return np.ascontiguousarray(self.buf[p[:, None] + _AR8[:width]])
+
+    def double(self, rows: Rows) -> npt.NDArray[np.float64]:
+        return self.fixed_width(rows, 8).view("<f8").ravel()
+
+    def float(self, rows: Rows) -> npt.NDArray[np.float64]:
+        return self.fixed_width(rows, 4).view("<f4").ravel().astype(np.float64)
+
+    def boolean(self, rows: Rows) -> npt.NDArray[np.bool_]:
+        out: npt.NDArray[np.bool_] = self.fixed_width(rows, 1).ravel() != 0  # non-zero is true, as fastavro
+        return out
+
+    def bytes(self, rows: Rows, size: int | None = None) -> npt.NDArray[Any]:
+        """Length-prefixed bytes (``size`` None) or fixed-size bytes at ``rows``, as an object array."""
+        if size is None:
+            n = self.long(rows)
+            p = self.pos[rows].copy()  # a view when rows is a slice
+            over = (n < 0) | (n > self.end[rows] - p)
+            n[over] = 0
+            self.fail(rows, over)
+        else:
+            p = self.pos[rows].copy()  # a view when rows is a slice
+            n = np.full(len(p), size, dtype=np.int64)
+            self.fail(rows, n > self.end[rows] - p)
+            n[self.bad[rows]] = 0
+        p = self.pos[rows].copy()  # a view when rows is a slice
+        self.pos[rows] = p + n
+        return self._slices(p, n)
+
+    def _slices(self, starts: npt.NDArray[np.int64], lens: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
+        """``data[start:start+len]`` per row as bytes objects.
+
+        Short values are gathered into one fixed-width ``S`` array and converted in C; the rows that array
+        would alter (a value ending in NUL, which ``S`` strips) and batches with long values are sliced one
+        by one. Either way the memory used is bounded by the batch's own bytes.
+        """
+        width = int(lens.max()) if lens.size else 0
+        if width == 0:
+            return np.full(len(lens), b"", dtype=object)
+        if width * len(lens) > 4 * int(lens.sum()) + 4096:
+            out = np.empty(len(lens), dtype=object)
+            out[:] = list(map(self.data.__getitem__, map(slice, starts.tolist(), (starts + lens).tolist())))
+            return out
+        cols = np.arange(width)
+        matrix = self.buf[starts[:, None] + cols]
+        matrix[cols >= lens[:, None]] = 0
+        out = np.ascontiguousarray(matrix).view(f"S{width}").ravel().astype(object)
+        nul_end = np.flatnonzero((lens > 0) & (self.buf[starts + lens - 1] == 0))
+        for i in nul_end.tolist():
+            out[i] = self.data[starts[i] : starts[i] + lens[i]]
+        return out
+
+    def string(self, rows: Rows) -> npt.NDArray[Any]:
+        """UTF-8 strings at ``rows``; a row that is not valid UTF-8 is marked bad."""
+        raw = self.bytes(rows)
+        try:
+            return np.fromiter(map(bytes.decode, raw), dtype=object, count=len(raw))
+        except UnicodeDecodeError:
+            return self._decode_each(rows, raw)
+
+    def _decode_each(self, rows: Rows, raw: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        out = np.empty(len(raw), dtype=object)
+        broken = np.zeros(len(raw), dtype=np.bool_)
+        for i, b in enumerate(raw):
+            try:
+                out[i] = b.decode()
+            except UnicodeDecodeError:
+                out[i], broken[i] = "", True
+        self.fail(rows, broken)
+        return out
