@@ -29,7 +29,7 @@ services-down: $(STAMP) ## Stop the services that `make services` started
 	@$(SERVICES) down
 
 demo: $(STAMP) ## Run the whole journey end to end against local services
-	$(PY) -m examples.demo
+	$(SERVICES) run -- $(PY) -m examples.demo
 
 lint: $(STAMP) ## ruff lint and format check
 	$(VENV)/bin/ruff check .
