@@ -12,7 +12,7 @@ from worker.errors import ConfigError
 
 # Each module defines ``register(subparsers)`` that adds its subcommand(s) and sets ``func`` on them;
 # ``func(args) -> int`` is the exit code. Imported lazily so `rtml-worker --help` stays fast.
-COMMANDS: tuple[str, ...] = ("worker.models.cli", "worker.graph_cli")
+COMMANDS: tuple[str, ...] = ("worker.models.cli", "worker.graph_cli", "worker.scoring.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
