@@ -1,4 +1,4 @@
-"""Helpers for the graph tests (imported by name; fixtures are in conftest.py): tiny ONNX models built with onnx.helper, and a one-call graph runner."""
+"""Helpers for the graph tests: tiny ONNX models built with onnx.helper, and a one-call graph runner."""
 
 from __future__ import annotations
 
@@ -10,12 +10,17 @@ from onnx import TensorProto, helper
 
 from worker.graph import GraphSpec, InMemoryModels, compile_graph, load_graph
 
-ONNX_TYPES = {"float": TensorProto.FLOAT, "double": TensorProto.DOUBLE, "int64": TensorProto.INT64,
-              "string": TensorProto.STRING}  # fmt: skip
+ONNX_TYPES = {
+    "float": TensorProto.FLOAT,
+    "double": TensorProto.DOUBLE,
+    "int64": TensorProto.INT64,
+    "string": TensorProto.STRING,
+}
 
 
-def model_bytes(nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: Sequence[Any] = (),
-                domain: str = "") -> bytes:  # fmt: skip
+def model_bytes(
+    nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: Sequence[Any] = (), domain: str = ""
+) -> bytes:
     graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
     if domain:
@@ -47,15 +52,25 @@ def two_inputs() -> bytes:
     return model_bytes(nodes, [a, b], [s], [axes])
 
 
-def spec_of(nodes: list[Any], inputs: list[dict[str, Any]], outputs: list[dict[str, Any]],
-            edges: list[Any] | None = None) -> GraphSpec:  # fmt: skip
+def spec_of(
+    nodes: list[Any],
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    edges: list[Any] | None = None,
+) -> GraphSpec:
     raw: dict[str, Any] = {"name": "t", "inputs": inputs, "nodes": nodes, "outputs": outputs}
     if edges is not None:
         raw["edges"] = edges
     return load_graph(raw)
 
 
-def run(nodes: list[Any], inputs: list[dict[str, Any]], outputs: list[dict[str, Any]], batch: dict[str, Any],
-        models: InMemoryModels | None = None, edges: list[Any] | None = None) -> Any:  # fmt: skip
+def run(
+    nodes: list[Any],
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    batch: dict[str, Any],
+    models: InMemoryModels | None = None,
+    edges: list[Any] | None = None,
+) -> Any:
     graph = compile_graph(spec_of(nodes, inputs, outputs, edges), models or InMemoryModels())
     return graph.run({k: np.asarray(v) if not isinstance(v, np.ndarray) else v for k, v in batch.items()})

@@ -15,8 +15,13 @@ F = [{"name": "x", "dtype": "float64"}]
 OUT = [{"name": "x", "dtype": "float64"}]
 
 
-def compile_err(nodes: list[Any], inputs: Any = F, outputs: Any = OUT, edges: Any = None,
-                models: InMemoryModels | None = None) -> GraphError:  # fmt: skip
+def compile_err(
+    nodes: list[Any],
+    inputs: Any = F,
+    outputs: Any = OUT,
+    edges: Any = None,
+    models: InMemoryModels | None = None,
+) -> GraphError:
     with pytest.raises(GraphError) as info:
         compile_graph(spec_of(nodes, inputs, outputs, edges), models or InMemoryModels())
     return info.value
@@ -49,8 +54,14 @@ def test_bad_param_value_names_node_and_auto_id() -> None:
 def test_invalid_json_and_bad_id_pattern() -> None:
     with pytest.raises(GraphError, match="not valid JSON"):
         load_graph("{nope")
-    err = load_err({"name": "t", "inputs": F, "outputs": OUT,
-                    "nodes": [{"id": "1bad", "kind": "log1p", "columns": ["x"]}]})  # fmt: skip
+    err = load_err(
+        {
+            "name": "t",
+            "inputs": F,
+            "outputs": OUT,
+            "nodes": [{"id": "1bad", "kind": "log1p", "columns": ["x"]}],
+        }
+    )
     assert err.node_id == "1bad"
     assert "'id'" in str(err)
 
@@ -90,8 +101,11 @@ def test_missing_input_column() -> None:
 
 
 def test_column_not_visible_from_other_branch() -> None:
-    nodes = [{"id": "a", "kind": "expr", "expr": "x + 1", "output": "y"}, {"id": "b", "kind": "log1p", "columns": ["y"]},
-             {"id": "c", "kind": "log1p", "columns": ["x"]}]  # fmt: skip
+    nodes = [
+        {"id": "a", "kind": "expr", "expr": "x + 1", "output": "y"},
+        {"id": "b", "kind": "log1p", "columns": ["y"]},
+        {"id": "c", "kind": "log1p", "columns": ["x"]},
+    ]
     err = compile_err(nodes, edges=[["a", "c"], ["b", "c"]])
     assert err.node_id == "b"
     assert "missing input column 'y'" in str(err)
@@ -124,8 +138,11 @@ def test_declared_output_type_mismatch() -> None:
 
 
 def test_merge_conflict_names_both_producers() -> None:
-    nodes = [{"id": "a", "kind": "scale", "columns": ["x"], "mean": 1}, {"id": "b", "kind": "scale", "columns": ["x"]},
-             {"id": "c", "kind": "select", "columns": ["x"]}]  # fmt: skip
+    nodes = [
+        {"id": "a", "kind": "scale", "columns": ["x"], "mean": 1},
+        {"id": "b", "kind": "scale", "columns": ["x"]},
+        {"id": "c", "kind": "select", "columns": ["x"]},
+    ]
     err = compile_err(nodes, edges=[["a", "c"], ["b", "c"]])
     assert err.node_id == "c"
     assert "'a'" in str(err) and "'b'" in str(err)
