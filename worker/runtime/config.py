@@ -1,0 +1,271 @@
+"""The worker's settings: one typed model, read from a TOML file and environment variables (12-factor).
+
+Precedence: environment (``RTML_`` prefix, ``__`` between nested names, e.g.
+``RTML_KAFKA__BOOTSTRAP_SERVERS``) over the file given with ``--config`` over defaults. Lists in the
+environment are comma separated. Secrets are ``SecretStr`` (never logged or printed) and may come from a file:
+``sasl_password_file``, ``ssl_key_password_file``, ``basic_auth_user_info_file``, ``bearer_token_file``.
+Validation happens once at start; errors name the field.
+
+librdkafka's dotted-string dicts are built here, at one boundary (`consumer_config`, `producer_config`), so
+the rest of the worker only sees typed settings.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+# Settings that switch off TLS verification are refused outright: a scoring worker has no business with them.
+UNSAFE_LIBRDKAFKA = {
+    "enable.ssl.certificate.verification": {"false", "0"},
+    "ssl.endpoint.identification.algorithm": {"none", ""},
+}
+# Settings the worker owns: passing them through would break its delivery guarantees.
+OWNED_LIBRDKAFKA = {
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "group.id",
+    "transactional.id",
+    "enable.idempotence",
+    "isolation.level",
+    "partition.assignment.strategy",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _secret(value: SecretStr | None, file: Path | None) -> str | None:
+    """The secret's value, from the setting or from its file (checked readable at load)."""
+    if file is not None:
+        return file.read_text().strip()
+    return value.get_secret_value() if value is not None else None
+
+
+def _check_readable(**files: Path | None) -> None:
+    for name, file in files.items():
+        if file is not None and not os.access(file, os.R_OK):
+            raise ValueError(f"{name}: cannot read {file}")
+
+
+def _split_csv(value: Any) -> Any:
+    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+
+class KafkaSettings(_Strict):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None
+    ssl_ca_location: Path | None = None
+    ssl_certificate_location: Path | None = None
+    ssl_key_location: Path | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_key_password_file: Path | None = None
+    group_protocol: Literal["classic", "consumer"] = "classic"
+    # Anything else librdkafka understands, passed through as is (e.g. "socket.keepalive.enable").
+    extra: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _secrets_and_safety(self) -> KafkaSettings:
+        _check_readable(
+            sasl_password_file=self.sasl_password_file, ssl_key_password_file=self.ssl_key_password_file
+        )
+        for key, value in self.extra.items():
+            if value.strip().lower() in UNSAFE_LIBRDKAFKA.get(key, ()):
+                raise ValueError(f"extra.{key}={value!r} switches off TLS verification; refused")
+            if key in OWNED_LIBRDKAFKA:
+                raise ValueError(
+                    f"extra.{key} is set by the worker itself (delivery guarantees depend on it)"
+                )
+        if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
+            raise ValueError("sasl_mechanism is required with security_protocol " + self.security_protocol)
+        return self
+
+    def client_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers,
+                                  "security.protocol": self.security_protocol}  # fmt: skip
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": _secret(self.sasl_password, self.sasl_password_file),
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": _secret(self.ssl_key_password, self.ssl_key_password_file),
+        }
+        config.update({k: str(v) for k, v in optional.items() if v is not None})
+        config.update(self.extra)
+        return config
+
+
+class RegistrySettings(_Strict):
+    url: str | None = None  # None: plain Avro with schemas from files, no registry
+    basic_auth_user_info: SecretStr | None = None  # "user:password"
+    basic_auth_user_info_file: Path | None = None
+    bearer_token: SecretStr | None = None
+    bearer_token_file: Path | None = None
+    timeout_s: float = Field(5.0, gt=0)
+    auto_register: bool = True
+
+    @model_validator(mode="after")
+    def _files(self) -> RegistrySettings:
+        _check_readable(basic_auth_user_info_file=self.basic_auth_user_info_file,
+                        bearer_token_file=self.bearer_token_file)  # fmt: skip
+        return self
+
+    def user_info(self) -> str | None:
+        return _secret(self.basic_auth_user_info, self.basic_auth_user_info_file)
+
+    def token(self) -> str | None:
+        return _secret(self.bearer_token, self.bearer_token_file)
+
+
+class InputSettings(_Strict):
+    topics: Annotated[list[str], NoDecode] = Field(min_length=1)
+    reader_schema: Path  # the graph's input contract: every writer schema is resolved to it
+    framing: Literal["confluent", "plain"] = "confluent"
+    writer_schema: Path | None = None  # plain framing: the producers' schema (default: the reader schema)
+
+    _csv = field_validator("topics", mode="before")(_split_csv)
+
+
+class OutputSettings(_Strict):
+    topic: str
+    schema_path: Path = Field(alias="schema")
+    framing: Literal["confluent", "plain"] = "confluent"
+    # "source": the score goes to the input's partition number (mod the output's count), which keeps every
+    # input partition's order and key locality; "key": librdkafka's partitioner on the carried-over key.
+    partitioning: Literal["source", "key"] = "source"
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DeadLetterSettings(_Strict):
+    topic: str
+
+
+class BatchSettings(_Strict):
+    max_records: int = Field(1000, ge=1, le=100_000)
+    max_wait_ms: int = Field(20, ge=0, le=60_000)
+    # Outputs produced but not yet acknowledged before partitions are paused (backpressure).
+    max_in_flight: int = Field(20_000, ge=1)
+
+
+class BreakerSettings(_Strict):
+    enabled: bool = True
+    max_consecutive_invalid: int = Field(1000, ge=1)
+    max_invalid_ratio: float = Field(0.5, gt=0, le=1)
+    window_records: int = Field(1000, ge=1)  # the ratio is judged over this many records of a partition
+
+
+class Settings(BaseSettings):
+    """Everything ``rtml-worker run`` needs. Field names are the keys of the TOML file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RTML_", env_nested_delimiter="__", extra="forbid", frozen=True, populate_by_name=True
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    schema_registry: RegistrySettings = RegistrySettings()
+    group_id: str
+    input: InputSettings
+    output: OutputSettings
+    dead_letter: DeadLetterSettings
+    graph: Path
+    model_store: Path = Path(".models")
+    allow_custom_domains: bool = False
+    intra_op_num_threads: int = Field(1, ge=1)
+    delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
+    # Exactly-once: stable per replica (e.g. the pod name); default "<group_id>-<hostname>".
+    transactional_id: str | None = None
+    batch: BatchSettings = BatchSettings()
+    breaker: BreakerSettings = BreakerSettings()
+    commit_interval_ms: int = Field(1000, ge=10)
+    revoke_budget_ms: int = Field(10_000, ge=0)  # finishing in-flight work when partitions are revoked
+    shutdown_budget_ms: int = Field(20_000, ge=0)
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = Field(9100, ge=0, le=65535)  # 0: pick a free port (tests)
+    stall_after_s: float = Field(30.0, gt=0)  # /healthz fails when the loop has not turned for this long
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first, then the values from the file (passed as init kwargs by `load_settings`).
+        return (env_settings, init_settings)
+
+    def effective_transactional_id(self) -> str:
+        return self.transactional_id or f"{self.group_id}-{socket.gethostname()}-{os.getpid()}"
+
+    def consumer_config(self) -> dict[str, Any]:
+        config = self.kafka.client_config()
+        config.update({
+            "group.id": self.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+        })  # fmt: skip
+        if self.kafka.group_protocol == "consumer":
+            config["group.protocol"] = "consumer"  # KIP-848: the broker assigns; no client-side strategy
+        else:
+            config["partition.assignment.strategy"] = "cooperative-sticky"
+        return config
+
+    def producer_config(self) -> dict[str, Any]:
+        config = self.kafka.client_config()
+        config.update({"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4"})
+        if self.delivery == "exactly-once":
+            config["transactional.id"] = self.effective_transactional_id()
+        return config
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read and validate the settings; ConfigError names the first bad field. Called once at start."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}", field="--config") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}", field="--config") from exc
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in error["loc"]) or "settings"
+        lines.append(f"{where}: {error['msg']} (env RTML_{'__'.join(str(p) for p in error['loc']).upper()})")
+    return "invalid settings:\n  " + "\n  ".join(lines)
