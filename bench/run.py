@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-SUITES: tuple[str, ...] = ()
+SUITES: tuple[str, ...] = ("bench.graph",)
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 
 
