@@ -37,6 +37,7 @@ _TS_LIMITS = {
 }
 
 
+_NOTHING: Raw = np.zeros(0, dtype=np.int64)
 _NUMERIC = frozenset({"int", "float", "ts_ms", "ts_us", "date"})
 
 
@@ -287,7 +288,7 @@ def _skip_all(fields: list[ValueRead]) -> ValueRead:
     def read(cur: Cursor, rows: Rows) -> Raw:
         for f in fields:
             f(cur, rows)
-        return rows
+        return _NOTHING
 
     return read
 
