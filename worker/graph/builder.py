@@ -1,5 +1,6 @@
 """The authoring API, RTML style: build nodes with the node classes (``id`` optional) and turn them into the
-JSON DSL with ``GraphBuilder.generate_dsl``. Every node class is re-exported here under its RTML-like name."""
+JSON DSL with ``GraphBuilder.generate_dsl``. Every node class is re-exported here under its RTML-like name.
+"""
 
 from __future__ import annotations
 

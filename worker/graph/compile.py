@@ -2,9 +2,9 @@
 
 ``load_graph`` parses the DSL (pydantic's errors are rewritten to name the node); ``compile_graph`` checks the
 structure (duplicate ids, dangling edges, cycles, unconnected nodes), propagates column names and types
-through
-every node in topological order (each node kind checks its own inputs), loads and checks the ONNX models, and
-checks that every declared output is produced with its declared type. Every problem raises ``GraphError``.
+through every node in topological order (each node kind checks its own inputs), loads and checks the ONNX
+models, and checks that every declared output is produced with its declared type. Every problem raises
+``GraphError``.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def compile_graph(
     output_plan = tuple(_output(f, final) for f in spec.outputs)
     if len({f.name for f in spec.outputs}) != len(spec.outputs):
         raise GraphError("two declared outputs have the same name")
-    steps = _steps(drafts, kernels, {o.key for o in output_plan})
+    steps = _steps(drafts, kernels, {o.key for o in output_plan}, [key for _, key in inputs.values()])
     digest = hashlib.sha256(spec.canonical_json().encode()).hexdigest()
     return CompiledGraph(spec, digest, tuple(model_ids), steps, output_plan, tuple(infos))
 
@@ -195,9 +195,10 @@ def _output(f: OutputField, final: View) -> OutputPlan:
     return OutputPlan(f, key, convert)
 
 
-def _steps(drafts: list[Any], kernels: dict[str, Any], keep: set[Key]) -> tuple[Step, ...]:
-    """Attach to each step the column versions no later step (nor the outputs) needs, to free them early."""
-    last: dict[Key, int] = {}
+def _steps(drafts: list[Any], kernels: dict[str, Any], keep: set[Key], inputs: list[Key]) -> tuple[Step, ...]:
+    """Attach to each step the column versions no later step (nor the outputs) needs, to free them early:
+    fewer columns to filter when rows are rejected. Inputs nobody reads go after the first step."""
+    last: dict[Key, int] = dict.fromkeys(inputs, 0)
     for i, (_, reads, produced, _) in enumerate(drafts):
         for _, key, _ in produced:
             last.setdefault(key, i)
@@ -205,7 +206,7 @@ def _steps(drafts: list[Any], kernels: dict[str, Any], keep: set[Key]) -> tuple[
             last[key] = i
     release: dict[int, list[Key]] = {}
     for key, i in last.items():
-        if key not in keep and key[0]:
+        if key not in keep:
             release.setdefault(i, []).append(key)
     return tuple(
         Step(node_id, kernels[node_id], reads, produced, tuple(release.get(i, ())), model_id)

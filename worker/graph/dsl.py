@@ -2,9 +2,8 @@
 
 A graph declares its ``inputs`` (the batch columns it reads, typed as in worker/graph/types.py), ``nodes``
 (each with a stable ``id`` that every error, log line and metric names), optional ``edges`` (pairs of node
-ids;
-without them the nodes form a chain in list order) and ``outputs`` (the fields of the score record, each taken
-``from`` a column). Parsing only checks shapes; ``compile_graph`` checks everything else.
+ids; without them the nodes form a chain in list order) and ``outputs`` (the fields of the score record, each
+taken ``from`` a column). Parsing only checks shapes; ``compile_graph`` checks everything else.
 """
 
 from __future__ import annotations

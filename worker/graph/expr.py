@@ -1,12 +1,11 @@
 """Safe, vectorised expressions: ``"km / (age + 1)"``, ``"where(km > 1e5, 1, 0)"``, ``"log1p(abs(price))"``.
 
 ``compile_expr`` parses the text with ``ast`` and turns the tree into a plan of numpy calls over whole
-columns;
-nothing is ever evaluated as Python code (no eval, exec or compile). Allowed: numeric and bool literals,
-column
-names (``col("device.os")`` for names that are not identifiers), arithmetic, comparisons (chains too),
-``and``/``or``/``not`` (as numpy logical ops), and the functions in ``FUNCTIONS``. Anything else (attributes,
-subscripts, lambdas, other calls, keyword arguments, strings outside ``col()``) raises ``ExprError`` at load.
+columns; nothing is ever evaluated as Python code (no eval, exec or compile). Allowed: numeric and bool
+literals, column names (``col("device.os")`` for names that are not identifiers), arithmetic, comparisons
+(chains too), ``and``/``or``/``not`` (as numpy logical ops), and the functions in ``FUNCTIONS``. Anything else
+(attributes, subscripts, lambdas, other calls, keyword arguments, strings outside ``col()``) raises
+``ExprError`` at load.
 
 Values are float64 or bool arrays; a numeric column is read as float64, so nulls (NaN) propagate and
 comparisons with a null are False.

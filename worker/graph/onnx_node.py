@@ -1,17 +1,14 @@
 """The ONNX node: named feature columns in, ONNX Runtime inference, named output columns out.
 
 Inputs bind by column *name* in a declared order (``features`` for a single-input model: one 2-D tensor
-stacked
-in that order, cast to the model's element type; ``inputs`` for several model inputs). Names, element types
-and
-shapes are checked against the session at compile. Rows with a null or non-finite feature are rejected by
-default (``on_invalid="reject"``) so one bad event cannot poison a batch.
+stacked in that order, cast to the model's element type; ``inputs`` for several model inputs). Names, element
+types and shapes are checked against the session at compile. Rows with a null or non-finite feature are
+rejected by default (``on_invalid="reject"``) so one bad event cannot poison a batch.
 
 Outputs become columns (``outputs`` maps ONNX output name -> column; default: every output under its own
 name). Floats become float64; a 2-D probability tensor becomes a 2-D column (``split`` gives
-``{column}_{i}``);
-skl2onnx's ZipMap output (a sequence of maps) becomes a 2-D column in class-label order. ZipMap costs a Python
-step per row: export classifiers with ``options={'zipmap': False}`` for the fast path.
+``{column}_{i}``); skl2onnx's ZipMap output (a sequence of maps) becomes a 2-D column in class-label order.
+ZipMap costs a Python step per row: export classifiers with ``options={'zipmap': False}`` for the fast path.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 ``open_session`` is the one place ONNX Runtime and onnx exceptions are translated (into ``GraphError`` naming
 the node). It refuses custom op domains unless allowed, passes ``providers=`` explicitly and refuses a
-provider
-that is not available rather than falling back.
+provider that is not available rather than falling back.
 """
 
 from __future__ import annotations

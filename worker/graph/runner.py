@@ -2,10 +2,8 @@
 
 ``CompiledGraph.run`` walks the plan: each step gets only the columns it reads, its kernel returns produced
 columns for the rows it kept and the rows it rejected; rejected rows become ``ScoringError``s and leave the
-rest
-of the run. A kernel that raises on a whole batch is re-run on halves (bisect) until the rows that make it
-raise
-are isolated, so good rows still go through. Bad rows never make ``run`` raise.
+rest of the run. A kernel that raises on a whole batch is re-run on halves (bisect) until the rows that make
+it raise are isolated, so good rows still go through. Bad rows never make ``run`` raise.
 """
 
 from __future__ import annotations

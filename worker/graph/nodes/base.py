@@ -1,9 +1,9 @@
 """The base of every node kind: a frozen pydantic model whose ``compile`` checks its input columns.
 
 A node kind subclasses ``NodeBase``, declares ``kind: Literal["..."]`` and its params as fields, and
-implements
-``compile(view, ctx) -> NodeCompiled``: ``view`` maps every column the node can see to its type. ``compile``
-raises ``GraphError`` naming the node (use ``self.error``) for any problem; it is called once, at start.
+implements ``compile(view, ctx) -> NodeCompiled``: ``view`` maps every column the node can see to its type.
+``compile`` raises ``GraphError`` naming the node (use ``self.error``) for any problem; it is called once, at
+start.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Categorical nodes: map, top-k grouping, one-hot encoding, numeric bucketing. Categories, mappings and bin
-edges are frozen at authoring time, so scoring never learns from the stream."""
+edges are frozen at authoring time, so scoring never learns from the stream.
+"""
 
 from __future__ import annotations
 
@@ -94,10 +95,9 @@ class TopK(NodeBase):
 
 class OneHotEncoder(NodeBase):
     """One column per category of string ``column``, named like pandas ``get_dummies``:
-    ``{prefix}_{category}``
-    (prefix defaults to the column). ``drop_first`` drops the first category's column. Nulls encode as all
-    zeros; values outside ``categories`` encode as all zeros (``handle_unknown="ignore"``) or reject the
-    row."""
+    ``{prefix}_{category}`` (prefix defaults to the column). ``drop_first`` drops the first category's column.
+    Nulls encode as all zeros; values outside ``categories`` encode as all zeros (``handle_unknown="ignore"``)
+    or reject the row. The source column is removed unless ``keep_source``."""
 
     summary: ClassVar[str] = "one-hot encode with categories frozen at authoring time"
     kind: Literal["one_hot"] = "one_hot"

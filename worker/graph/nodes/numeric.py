@@ -1,5 +1,6 @@
 """Numeric nodes on float columns: clip, scale ((x - mean) / std), log1p. Nulls (NaN) stay null; the
-output is float64, nullable when the input is."""
+output is float64, nullable when the input is.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Value nodes: fillna, astype, text (lower/upper/strip). Numeric work is numpy; string work runs per
-distinct value (worker/graph/nodes/lookup.py)."""
+distinct value (worker/graph/nodes/lookup.py).
+"""
 
 from __future__ import annotations
 
