@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from worker.avro import wire
 from worker.avro.registry import SchemaNotFound, SchemaRegistryClient
-from worker.avro.schema import AvroSchema, leaf_kind, null_branch, type_name
+from worker.avro.schema import AvroSchema, Kind, layout, leaf_kind, null_branch, type_name
 from worker.columns import Batch, Column, batch_len
 from worker.errors import ConfigError, EncodeError
 
@@ -69,7 +69,8 @@ class ScoreEncoder:
         self.schema = schema
         self.schema_id = schema_id
         self._header = b"" if schema_id is None else b"\x00" + schema_id.to_bytes(4, "big")
-        self._fields = _record_fields(schema, root, "")
+        kinds = {leaf.name: leaf.kind for leaf in layout(schema)}
+        self._fields = _record_fields(schema, root, "", kinds)
 
     @classmethod
     def for_topic(
@@ -117,7 +118,9 @@ class ScoreEncoder:
         return Encoded([values[i] for i in rows.tolist()], rows, errors)
 
 
-def _record_fields(schema: AvroSchema, record: Any, prefix: str) -> list[FieldEncoder]:
+def _record_fields(
+    schema: AvroSchema, record: Any, prefix: str, kinds: dict[str, Kind]
+) -> list[FieldEncoder]:
     encoders: list[FieldEncoder] = []
     for f in record["fields"]:
         name = f"{prefix}{f['name']}"
@@ -125,19 +128,21 @@ def _record_fields(schema: AvroSchema, record: Any, prefix: str) -> list[FieldEn
         opt = null_branch(ftype)
         inner = schema.deref(opt[1]) if opt else ftype
         if type_name(ftype) == "record":
-            encoders.extend(_record_fields(schema, ftype, f"{name}."))
+            encoders.extend(_record_fields(schema, ftype, f"{name}.", kinds))
         elif isinstance(ftype, list) and (opt is None or type_name(inner) == "record"):
-            encoders.append(_generic(schema, f["type"], name))
+            encoders.append(_generic(schema, f["type"], name, kinds))
         else:
-            encoders.append(_leaf(schema, inner, name, None if opt is None else opt[0], f["type"]))
+            encoders.append(_leaf(schema, inner, name, None if opt is None else opt[0], f["type"], kinds))
     return encoders
 
 
-def _leaf(schema: AvroSchema, inner: Any, name: str, null_idx: int | None, full_type: Any) -> FieldEncoder:
+def _leaf(  # noqa: PLR0917
+    schema: AvroSchema, inner: Any, name: str, null_idx: int | None, full_type: Any, kinds: dict[str, Kind]
+) -> FieldEncoder:
     kind = leaf_kind(inner)
     base = type_name(inner)
     if kind in ("decimal", "uuid", "object"):
-        return _generic(schema, full_type, name)
+        return _generic(schema, full_type, name, kinds)
     value: Callable[[Column, npt.NDArray[np.bool_], _Rows], list[wire.Segment]]
     if base in ("int", "long"):
         value = _ints(name, _INT_RANGE[base], _UNITS.get(kind))
@@ -150,7 +155,7 @@ def _leaf(schema: AvroSchema, inner: Any, name: str, null_idx: int | None, full_
     elif base in ("string", "bytes", "fixed"):
         value = _blobs(name, base, inner.get("size") if isinstance(inner, dict) else None)
     else:
-        return _generic(schema, full_type, name)
+        return _generic(schema, full_type, name, kinds)
 
     def encode(columns: Batch, rows: _Rows) -> list[wire.Segment]:
         col = _column(columns, name)
@@ -279,7 +284,7 @@ def _utf8(name: str, col: Column, keep: npt.NDArray[np.bool_], rows: _Rows) -> l
         return chunks
 
 
-def _generic(schema: AvroSchema, full_type: Any, name: str) -> FieldEncoder:
+def _generic(schema: AvroSchema, full_type: Any, name: str, kinds: dict[str, Kind]) -> FieldEncoder:
     """Row by row through fastavro, for the field types the vectorised encoders do not cover."""
     named = dict(schema.named)
     wrapper = fastavro.parse_schema(
@@ -291,9 +296,10 @@ def _generic(schema: AvroSchema, full_type: Any, name: str) -> FieldEncoder:
     def encode(columns: Batch, rows: _Rows) -> list[wire.Segment]:
         n = batch_len(columns)
         if name in columns:
-            values = [_python(v) for v in columns[name]]
+            kind = kinds.get(name, "object")
+            values = [_python(v, kind) for v in columns[name]]
         else:
-            values = _records_from_leaves(columns, prefix, n)
+            values = _records_from_leaves(columns, prefix, n, kinds)
         chunks: list[bytes] = []
         for i, v in enumerate(values):
             buf = io.BytesIO()
@@ -307,16 +313,20 @@ def _generic(schema: AvroSchema, full_type: Any, name: str) -> FieldEncoder:
     return encode
 
 
-def _python(v: Any) -> Any:
+def _python(v: Any, kind: Kind) -> Any:
     """A column element as fastavro expects it: NaN and NaT as None, numpy scalars as Python ones."""
-    if isinstance(v, float | np.floating) and np.isnan(v):
-        return None
+    if isinstance(v, float | np.floating):
+        if np.isnan(v):
+            return None
+        return int(v) if kind == "int" and float(v).is_integer() else float(v)
     if isinstance(v, np.datetime64):
         return None if np.isnat(v) else int(v.astype(np.int64))
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _records_from_leaves(columns: Batch, prefix: str, n: int) -> list[dict[str, Any] | None]:
+def _records_from_leaves(
+    columns: Batch, prefix: str, n: int, kinds: dict[str, Kind]
+) -> list[dict[str, Any] | None]:
     """Rebuild a nested record per row from its dotted leaf columns; all leaves null means a null record."""
     names = [c for c in columns if c.startswith(prefix)]
     if not names:
@@ -326,7 +336,7 @@ def _records_from_leaves(columns: Batch, prefix: str, n: int) -> list[dict[str, 
         rec: dict[str, Any] = {}
         present = False
         for c in names:
-            v = _python(columns[c][i])
+            v = _python(columns[c][i], kinds.get(c, "object"))
             present |= v is not None
             node = rec
             parts = c[len(prefix) :].split(".")

@@ -124,7 +124,9 @@ class Cursor:
             out[:] = list(map(self.data.__getitem__, map(slice, starts.tolist(), (starts + lens).tolist())))
             return out
         cols = np.arange(width)
-        matrix = self.buf[starts[:, None] + cols]
+        matrix = self.buf[
+            np.minimum(starts[:, None] + cols, len(self.buf) - 1)
+        ]  # cells past a row are masked
         matrix[cols >= lens[:, None]] = 0
         out = np.ascontiguousarray(matrix).view(f"S{width}").ravel().astype(object)
         nul_end = np.flatnonzero((lens > 0) & (self.buf[starts + lens - 1] == 0))
