@@ -210,11 +210,11 @@ def _stacker(
         for j, name in enumerate(columns):
             col, ct = batch[name], types[name]
             bad = null_mask(col, ct)
-            if numeric:
-                filled = np.where(bad, 0, col) if bad.any() else col
-                out[:, j] = filled
-                if dtype.kind == "f":
-                    bad = bad | ~np.isfinite(out[:, j])
+            if numeric and dtype.kind == "f" and col.dtype != object:
+                out[:, j] = col  # NaN reaches the model as NaN when on_invalid="pass"
+                bad = bad | ~np.isfinite(out[:, j])
+            elif numeric:  # ints, or nullable bools: nulls need a placeholder to cast (the row is rejected)
+                out[:, j] = np.where(bad, 0, col) if bad.any() else col
             else:
                 out[:, j] = col
             if bad.any():

@@ -139,3 +139,18 @@ def test_string_input_with_null_is_rejected_on_invalid_reject() -> None:
     result = run([node], inputs, [{"name": "o", "dtype": "string"}], batch, InMemoryModels({"s": model}))
     assert result.columns["o"].tolist() == ["a", "c"]
     assert list(result.errors) == [1]
+
+
+def test_on_invalid_pass_hands_nan_to_the_model(models: InMemoryModels) -> None:
+    x, y = np.array([1.0, np.nan]), np.array([1.0, 1.0])
+    node = {
+        "id": "m",
+        "kind": "onnx",
+        "model_id": "lin",
+        "features": ["x", "y"],
+        "outputs": {"Y": "s"},
+        "on_invalid": "pass",
+    }
+    result = run([node], XY, [{"name": "s", "dtype": "float64"}], {"x": x, "y": y}, models)
+    assert result.rows.tolist() == [0, 1] and not result.errors
+    assert result.columns["s"][0] == 3.0 and np.isnan(result.columns["s"][1])

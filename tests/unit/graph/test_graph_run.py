@@ -162,3 +162,12 @@ def test_cli_prints_schema_and_nodes(capsys: pytest.CaptureFixture[str]) -> None
     onnx = next(entry for entry in catalog if entry["kind"] == "onnx")
     assert onnx["params"]["on_invalid"]["default"] == "reject"
     assert onnx["params"]["model_id"]["required"] is True
+
+
+def test_read_only_input_columns_are_never_written() -> None:
+    x = np.array([1.0, 2.0])
+    x.setflags(write=False)
+    nodes = [{"id": "f", "kind": "fillna", "columns": ["x"], "value": 0.0}]
+    inputs = [{"name": "x", "dtype": "float64", "nullable": True}]
+    result = run(nodes, inputs, [{"name": "x", "dtype": "float64"}], {"x": x})
+    assert result.columns["x"].tolist() == [1.0, 2.0]

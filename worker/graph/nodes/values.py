@@ -39,8 +39,10 @@ class Fillna(NodeBase):
             for name, ct in types.items():
                 col = batch[name]
                 null = null_mask(col, ct)
-                filled = col.copy() if null.any() else col
-                filled[null] = fill[name]
+                filled = col
+                if null.any():  # inputs may be read-only views of the decoded batch
+                    filled = col.copy()
+                    filled[null] = fill[name]
                 out[name] = filled.astype(physical(targets[name]), copy=False)
             return Applied(out)
 
