@@ -324,6 +324,10 @@ def _python(v: Any, kind: Kind) -> Any:
     return v.item() if isinstance(v, np.generic) else v
 
 
+class _Node(dict[str, Any]):
+    """A record rebuilt from dotted columns (as opposed to a map value, which is a plain dict)."""
+
+
 def _records_from_leaves(
     columns: Batch, prefix: str, n: int, kinds: dict[str, Kind]
 ) -> list[dict[str, Any] | None]:
@@ -333,15 +337,20 @@ def _records_from_leaves(
         raise ConfigError("the score batch has no column for this record", field=prefix.rstrip("."))
     out: list[dict[str, Any] | None] = []
     for i in range(n):
-        rec: dict[str, Any] = {}
-        present = False
+        rec = _Node()
         for c in names:
-            v = _python(columns[c][i], kinds.get(c, "object"))
-            present |= v is not None
             node = rec
             parts = c[len(prefix) :].split(".")
             for p in parts[:-1]:
-                node = node.setdefault(p, {})
-            node[parts[-1]] = v
-        out.append(rec if present else None)
+                node = node.setdefault(p, _Node())
+            node[parts[-1]] = _python(columns[c][i], kinds.get(c, "object"))
+        out.append(_collapse(rec))
     return out
+
+
+def _collapse(node: _Node) -> dict[str, Any] | None:
+    """Nested records whose columns are all null become null (the flattening cannot tell them apart)."""
+    for key, value in node.items():
+        if isinstance(value, _Node):
+            node[key] = _collapse(value)
+    return None if all(v is None for v in node.values()) else dict(node)
