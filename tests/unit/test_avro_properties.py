@@ -9,8 +9,8 @@ import fastavro
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from test_avro_strategies import record_schemas, values
+
 from worker.avro.convert import columns_from_records
 from worker.avro.decoder import BatchDecoder
 from worker.avro.encoder import ScoreEncoder
