@@ -42,11 +42,18 @@ def find_writer_field(writer_record: Any, reader_field: Any) -> Any | None:
     return None
 
 
-def first_matching_branch(w: AvroSchema, wt: Any, r: AvroSchema, branches: list[Any]) -> int | None:
+def first_matching_branch(
+    w: AvroSchema, wt: Any, r: AvroSchema, branches: list[Any], seen: set[tuple[str, str]] | None = None
+) -> int | None:
     """The reader union branch a non-union writer type resolves to: an exact match first, then a promotion."""
     for exact in (True, False):
         for i, branch in enumerate(branches):
-            if _match(w, w.deref(wt), r, r.deref(branch), exact=exact, seen=set()) is None:
+            if (
+                _match(
+                    w, w.deref(wt), r, r.deref(branch), exact=exact, seen=set() if seen is None else set(seen)
+                )
+                is None
+            ):
                 return i
     return None
 
@@ -67,7 +74,7 @@ def _resolve(
                 return why
         return None
     if isinstance(rt, list):
-        if first_matching_branch(w, wt, r, rt) is None:
+        if first_matching_branch(w, wt, r, rt, seen) is None:
             return f"{at or 'value'}: writer type {type_name(wt)} matches no branch of the reader union"
         return None
     return _match(w, wt, r, rt, exact=False, seen=seen, at=at)
