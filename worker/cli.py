@@ -12,11 +12,18 @@ from worker.errors import ConfigError
 
 # Each module defines ``register(subparsers)`` that adds its subcommand(s) and sets ``func`` on them;
 # ``func(args) -> int`` is the exit code. Imported lazily so `rtml-worker --help` stays fast.
-COMMANDS: tuple[str, ...] = ("worker.models.cli", "worker.graph_cli", "worker.scoring.cli")
+COMMANDS: tuple[str, ...] = (
+    "worker.models.cli",
+    "worker.graph_cli",
+    "worker.scoring.cli",
+    "worker.runtime.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rtml-worker", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="rtml-worker", description="A streaming scoring worker for real-time ML on Kafka."
+    )
     parser.add_argument("--version", action="version", version=f"rtml-worker {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:

@@ -196,8 +196,13 @@ class Settings(BaseSettings):
     allow_custom_domains: bool = False
     intra_op_num_threads: int = Field(1, ge=1)
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
-    # Exactly-once: stable per replica (e.g. the pod name); default "<group_id>-<hostname>".
+    # Exactly-once: stable per replica (e.g. the pod name), so a restarted replica fences its old self;
+    # default "<group_id>-<hostname>".
     transactional_id: str | None = None
+    # A transaction left open by a killed replica blocks read_committed readers until it times out.
+    transaction_timeout_ms: int = Field(15_000, ge=1000)
+    # Negative control for the delivery tests only: auto-commit with offsets stored on receipt (loses data).
+    unsafe_commit_on_receipt: bool = False
     batch: BatchSettings = BatchSettings()
     breaker: BreakerSettings = BreakerSettings()
     commit_interval_ms: int = Field(1000, ge=10)
@@ -221,7 +226,7 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
     def effective_transactional_id(self) -> str:
-        return self.transactional_id or f"{self.group_id}-{socket.gethostname()}-{os.getpid()}"
+        return self.transactional_id or f"{self.group_id}-{socket.gethostname()}"
 
     def consumer_config(self) -> dict[str, Any]:
         config = self.kafka.client_config()
@@ -244,6 +249,7 @@ class Settings(BaseSettings):
         config.update({"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4"})
         if self.delivery == "exactly-once":
             config["transactional.id"] = self.effective_transactional_id()
+            config["transaction.timeout.ms"] = self.transaction_timeout_ms
         return config
 
 

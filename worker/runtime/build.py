@@ -1,0 +1,69 @@
+"""Build a ``Pipeline`` from settings: schemas, registry, models, graph. Runs once at start (and per deploy).
+
+Everything that can be wrong with the config, the graph, a model or a schema fails here, before the worker
+joins its consumer group, with a ``ConfigError`` naming the field or node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from worker.avro.decoder import BatchDecoder
+from worker.avro.encoder import ScoreEncoder
+from worker.avro.guards import Limits
+from worker.avro.registry import RegistryConfig, SchemaRegistryClient
+from worker.avro.schema import AvroSchema, SchemaParseError
+from worker.errors import ConfigError
+from worker.graph import compile_graph, load_graph
+from worker.models.store import ModelStore
+from worker.runtime.config import Settings
+from worker.runtime.pipeline import Pipeline
+
+
+def registry_client(settings: Settings) -> SchemaRegistryClient | None:
+    registry = settings.schema_registry
+    if registry.url is None:
+        return None
+    config = RegistryConfig(url=registry.url, basic_auth_user_info=registry.user_info(),
+                            bearer_token=registry.token(), timeout_s=registry.timeout_s)  # fmt: skip
+    return SchemaRegistryClient(config)
+
+
+def _schema(path: object, field: str) -> AvroSchema:
+    try:
+        return AvroSchema.load(str(path))
+    except (OSError, SchemaParseError) as exc:
+        raise ConfigError(f"cannot load Avro schema {path}: {exc}", field=field) from exc
+
+
+def build_pipeline(
+    settings: Settings,
+    registry: SchemaRegistryClient | None,
+    on_node: Callable[[str, float], None] | None = None,
+) -> Pipeline:
+    """Decoder, compiled graph and encoder for ``settings``; may block on the registry and model loading."""
+    reader = _schema(settings.input.reader_schema, "input.reader_schema")
+    limits = Limits()
+    if settings.input.framing == "confluent":
+        if registry is None:
+            raise ConfigError("Confluent framing needs a registry url", field="schema_registry.url")
+        decoder = BatchDecoder(reader, registry=registry, limits=limits)
+    else:
+        writer = _schema(settings.input.writer_schema or settings.input.reader_schema, "input.writer_schema")
+        decoder = BatchDecoder(reader, writer=writer, limits=limits)
+    store = ModelStore(settings.model_store, allow_custom_domains=settings.allow_custom_domains)
+    graph = compile_graph(
+        load_graph(settings.graph),
+        store,
+        intra_op_num_threads=settings.intra_op_num_threads,
+        allow_custom_domains=settings.allow_custom_domains,
+    )
+    score_schema = _schema(settings.output.schema_path, "output.schema")
+    if settings.output.framing == "confluent":
+        if registry is None:
+            raise ConfigError("Confluent framing needs a registry url", field="schema_registry.url")
+        encoder = ScoreEncoder.for_topic(score_schema, settings.output.topic, registry,
+                                         auto_register=settings.schema_registry.auto_register)  # fmt: skip
+    else:
+        encoder = ScoreEncoder(score_schema)
+    return Pipeline(decoder, graph, encoder, on_node=on_node)

@@ -1,0 +1,46 @@
+"""``rtml-worker run``: one replica of the streaming worker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from worker.runtime.build import build_pipeline, registry_client
+from worker.runtime.config import load_settings
+from worker.runtime.health import Health, HealthServer
+from worker.runtime.logs import configure_logging
+from worker.runtime.loop import Worker
+from worker.runtime.metrics import Metrics
+
+log = logging.getLogger("worker.runtime")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="consume, score and publish: one replica of the consumer group",
+        description="Every setting may also come from RTML_* environment variables (see the README).",
+    )
+    parser.add_argument("--config", type=Path, help="a TOML settings file")
+    parser.add_argument("--check", action="store_true", help="validate settings, graph and models, then exit")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    configure_logging(settings.log_level)
+    metrics = Metrics()
+    pipeline = build_pipeline(settings, registry_client(settings), on_node=metrics.observe_node)
+    if args.check:
+        graph = pipeline.graph
+        print(f"ok: graph {graph.spec.name} ({graph.digest[:12]}), models {', '.join(graph.model_ids)}")
+        return 0
+    health = Health(settings.stall_after_s)
+    with HealthServer(health, metrics, settings.metrics_host, settings.metrics_port) as server:
+        log.info("http server listening", extra={"port": server.port, "host": settings.metrics_host})
+        started = {"group_id": settings.group_id, "topics": settings.input.topics,
+                   "delivery": settings.delivery, "graph_digest": pipeline.graph.digest}  # fmt: skip
+        log.info("starting", extra=started)
+        return Worker(settings, pipeline, metrics, health).run()

@@ -1,0 +1,61 @@
+"""Kafka record headers the worker writes: lineage on every score, the error envelope on dead-letter records.
+
+Scores carry where they came from (a dedup key for consumers) and what computed them:
+``rtml.source.topic``, ``rtml.source.partition``, ``rtml.source.offset``, ``rtml.graph.digest``,
+``rtml.model.ids`` (comma separated) and ``rtml.schema.id`` (the input's writer schema id, when framed).
+
+Dead-letter records keep the original key, value and headers, and add the reason after Kafka Connect's
+``__connect.errors.*`` convention under our own prefix: ``rtml.errors.topic``, ``.partition``, ``.offset``,
+``.stage``, ``.node.id``, ``.exception.class.name``, ``.exception.message``, ``.schema.id``, ``.model.id``.
+A header whose value is unknown is left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from worker.errors import RecordError
+
+Header = tuple[str, bytes]
+ERRORS = "rtml.errors."
+
+
+def lineage_constants(graph_digest: str, model_ids: Sequence[str]) -> list[Header]:
+    """The headers shared by every score of one graph: built once per graph, not per event."""
+    return [("rtml.graph.digest", graph_digest.encode()), ("rtml.model.ids", ",".join(model_ids).encode())]
+
+
+def lineage(
+    topic: bytes, partition: bytes, offset: int, schema_id: int | None, constants: list[Header]
+) -> list[Header]:
+    """The headers of one score; ``topic`` and ``partition`` come pre-encoded once per batch."""
+    headers = [("rtml.source.topic", topic), ("rtml.source.partition", partition),
+               ("rtml.source.offset", b"%d" % offset), *constants]  # fmt: skip
+    if schema_id is not None:
+        headers.append(("rtml.schema.id", b"%d" % schema_id))
+    return headers
+
+
+def dead_letter(error: RecordError, original: Sequence[Header] | None) -> list[Header]:
+    """The envelope of one rejected record: its original headers, then the reason under ``rtml.errors.``."""
+    fields = {
+        "topic": error.topic,
+        "partition": error.partition,
+        "offset": error.offset,
+        "stage": error.stage,
+        "node.id": error.node_id,
+        "exception.class.name": type(error.__cause__ or error).__qualname__,
+        "exception.message": error.reason,
+        "schema.id": error.schema_id,
+        "model.id": error.model_id,
+    }
+    headers = [h for h in original or () if not h[0].startswith(ERRORS)]
+    headers.extend(
+        (ERRORS + name, str(value).encode()) for name, value in fields.items() if value is not None
+    )
+    return headers
+
+
+def decode_headers(headers: Sequence[tuple[str, bytes | None]] | None) -> dict[str, str]:
+    """Headers as text, last one wins: for tests, the verifier and tools, never the hot path."""
+    return {k: v.decode() for k, v in headers or () if v is not None}

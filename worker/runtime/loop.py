@@ -1,0 +1,431 @@
+"""The consumer loop: consume -> micro-batch -> pipeline -> produce -> commit, one thread, per batch.
+
+Batching: drain with a non-blocking ``consume`` and block only when idle (a blocking ``consume(n, timeout)``
+waits out its whole timeout even with messages queued, which would put a floor under latency). A batch closes
+at ``batch.max_records`` or ``batch.max_wait_ms`` after its first message.
+
+At-least-once (default), the order of one batch:
+  1. process the batch (decode, graph, encode): every message yields exactly one output, a score or a
+     dead-letter record;
+  2. produce all outputs; the batch is tracked with a count of unacknowledged outputs;
+  3. delivery callbacks (served by ``Producer.poll``) count it down;
+  4. every ``commit_interval_ms``, the partitions' commit points of the batches completed in order are
+     committed. A failed delivery stops the worker before anything past it is committed.
+Exactly-once: each batch is one transaction holding its outputs and its input offsets
+(``send_offsets_to_transaction``); an abortable error aborts and rewinds to the committed offsets, a fatal one
+(fenced) stops the worker with a non-zero exit.
+
+Rebalances (served inside ``consume``): on revoke, the unprocessed messages of the revoked partitions are
+dropped (nothing was produced for them), in-flight outputs are flushed within ``revoke_budget_ms``, what is
+done is committed, the partitions are released. On lost partitions, in-flight work is forgotten without a
+commit.
+
+Backpressure: above ``batch.max_in_flight`` unacknowledged outputs the assigned partitions are paused while
+the loop keeps polling (so ``max.poll.interval.ms`` is never exceeded), and resumed below half of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from types import FrameType
+from typing import cast
+
+import numpy as np
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from worker.errors import InfrastructureError, RecordError
+from worker.runtime import headers
+from worker.runtime.breaker import CircuitBreaker
+from worker.runtime.config import Settings
+from worker.runtime.health import Health
+from worker.runtime.metrics import Metrics
+from worker.runtime.pipeline import Pipeline, Processed, by_topic
+from worker.runtime.tracker import CommitTracker, InFlight
+
+log = logging.getLogger("worker.runtime")
+TP = tuple[str, int]
+IDLE_BLOCK_S = 0.1
+LAG_EVERY_S = 5.0
+
+
+class FatalError(Exception):
+    """The worker cannot go on safely: exit non-zero without committing anything further."""
+
+
+class Worker:
+    """Runs one replica of the consumer group until stopped; ``run`` returns the process exit code."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline, metrics: Metrics, health: Health) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.health = health
+        self.exactly_once = settings.delivery == "exactly-once"
+        self.consumer = Consumer(self._consumer_config())
+        self.producer = Producer(settings.producer_config())
+        self.tracker = CommitTracker()
+        self.breaker = CircuitBreaker(settings.breaker)
+        self.assigned: set[TP] = set()
+        self.pending: list[Message] = []
+        self.paused = False
+        self.stopping = False
+        self.failed = False  # after a fatal error nothing more is committed, not even on close
+        self._next_pipeline: Pipeline | None = None
+        self._first_at = 0.0
+        self._last_commit = time.monotonic()
+        self._last_lag = 0.0
+        self._lineage = headers.lineage_constants(pipeline.graph.digest, pipeline.graph.model_ids)
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Consume until SIGTERM/SIGINT (drain, commit, exit 0) or a fatal error (exit 1)."""
+        self._install_signals()
+        if self.exactly_once:
+            self.producer.init_transactions(30)
+        self.consumer.subscribe(self.settings.input.topics, on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)  # fmt: skip
+        code = 0
+        try:
+            while not self.stopping:
+                self._turn()
+            self._drain()
+        except (FatalError, KafkaException, InfrastructureError) as exc:
+            log.error("stopping on a fatal error", extra={"error": str(exc), "kind": type(exc).__name__})
+            self.health.set_fatal(str(exc))
+            self.failed = True
+            code = 1
+        finally:
+            self._close()
+        return code
+
+    def swap_pipeline(self, pipeline: Pipeline) -> None:
+        """Use ``pipeline`` from the next batch on (a new deployment); safe to call from another thread."""
+        self._next_pipeline = pipeline
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def _install_signals(self) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal received: draining", extra={"signal": signal.Signals(signum).name})
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def _consumer_config(self) -> dict[str, object]:
+        config = self.settings.consumer_config()
+        config["error_cb"] = self._on_client_error
+        if self.settings.unsafe_commit_on_receipt:  # the negative control of the delivery tests only
+            config.update({"enable.auto.commit": True, "enable.auto.offset.store": True,
+                           "auto.commit.interval.ms": 200})  # fmt: skip
+        return config
+
+    # --- the loop ---------------------------------------------------------------------------------------
+
+    def _turn(self) -> None:
+        self.health.beat()
+        batching = self.settings.batch
+        room = batching.max_records - len(self.pending)
+        messages = self.consumer.consume(room, 0) if room > 0 and not self.paused else []
+        if not messages and not self.pending:
+            messages = self.consumer.consume(batching.max_records, IDLE_BLOCK_S)
+        now = time.monotonic()
+        if messages:
+            if not self.pending:
+                self._first_at = now
+            self.pending.extend(self._valid(messages))
+        due = now - self._first_at >= batching.max_wait_ms / 1000
+        if self.pending and (len(self.pending) >= batching.max_records or due or self.paused):
+            batch, self.pending = self.pending, []
+            self._process(batch)
+        elif self.pending:
+            time.sleep(0.0005)  # waiting for the batch to fill: let librdkafka's threads fetch
+        self.producer.poll(0)
+        if not self.exactly_once:
+            self._settle()
+        self._backpressure()
+        if now - self._last_lag >= LAG_EVERY_S:
+            self._report_lag(now)
+
+    def _valid(self, messages: list[Message]) -> list[Message]:
+        good = [m for m in messages if m.error() is None]
+        for message in messages if len(good) != len(messages) else ():
+            error = message.error()
+            if error is not None and error.fatal():
+                raise FatalError(f"consumer: {error}")
+            if error is not None:
+                log.warning("consumer error", extra={"error": str(error)})
+        return good
+
+    def _process(self, batch: list[Message]) -> None:
+        if self._next_pipeline is not None:
+            self._use(self._next_pipeline)
+        if self.breaker.open:
+            return  # tripped: nothing more goes out or gets committed
+        started = time.perf_counter()
+        result = self.pipeline.process(batch)
+        if not self._admit(batch, result):
+            return
+        for topic, n in Counter(m.topic() for m in batch).items():
+            self.metrics.events_in(cast(str, topic), n)
+        if self.exactly_once:
+            self._produce_transaction(batch, result)
+        else:
+            self._produce(batch, result, self._track(batch, len(result.score_values) + len(result.errors)))
+        self.metrics.events_out(len(result.score_values))
+        self.metrics.observe_batch(len(batch), time.perf_counter() - started)
+        stamps = np.fromiter((m.timestamp()[1] for m in batch), np.float64, len(batch))
+        self.metrics.observe_end_to_end(time.time() - stamps / 1000)
+
+    def _use(self, pipeline: Pipeline) -> None:
+        self.pipeline, self._next_pipeline = pipeline, None
+        self._lineage = headers.lineage_constants(pipeline.graph.digest, pipeline.graph.model_ids)
+        log.info("new graph in use", extra={"graph_digest": pipeline.graph.digest})
+
+    def _admit(self, batch: list[Message], result: Processed) -> bool:
+        invalid = np.zeros(len(batch), dtype=np.bool_)
+        invalid[list(result.errors)] = True
+        partitions = np.fromiter((m.partition() for m in batch), np.int64, len(batch))
+        topics: list[str] = [m.topic() for m in batch]  # type: ignore[misc]  # consumed: never None
+        if all(self.breaker.admit(t, partitions[at], invalid[at]) for t, at in by_topic(topics)):
+            return True
+        log.error("circuit breaker open: pausing, nothing more is produced or committed",
+                  extra={"reason": self.breaker.reason})  # fmt: skip
+        self.health.set_breaker_open(self.breaker.reason)
+        self.metrics.breaker_open(True)
+        self._pause()
+        return False
+
+    # --- producing --------------------------------------------------------------------------------------
+
+    def _track(self, batch: list[Message], outputs: int) -> InFlight | None:
+        if self.settings.unsafe_commit_on_receipt:
+            return None
+        in_flight = InFlight(_next_offsets(batch), outstanding=outputs)
+        self.tracker.track(in_flight)
+        return in_flight
+
+    def _produce(self, batch: list[Message], result: Processed, in_flight: InFlight | None) -> None:
+        on_delivery = in_flight.on_delivery if in_flight is not None else _check_delivery
+        out = self.settings.output
+        out_partitions = self._output_partitions()
+        confluent = self.settings.input.framing == "confluent"
+        encoded_tp: dict[TP, tuple[bytes, bytes]] = {}
+        for row, value in zip(result.score_rows.tolist(), result.score_values, strict=True):
+            message = batch[row]
+            tp = (message.topic(), message.partition())
+            names = encoded_tp.get(tp) or encoded_tp.setdefault(tp, (tp[0].encode(), b"%d" % tp[1]))
+            raw = message.value()
+            schema_id = int.from_bytes(raw[1:5], "big") if confluent and raw else None
+            hdrs = headers.lineage(names[0], names[1], message.offset(), schema_id, self._lineage)
+            partition = tp[1] % out_partitions if out.partitioning == "source" else -1
+            self._send(out.topic, value, message.key(), partition, hdrs, on_delivery)
+        self._dead_letter(result.errors, batch, on_delivery)
+
+    def _dead_letter(
+        self, errors: dict[int, RecordError], batch: list[Message], on_delivery: Callable[..., None]
+    ) -> None:
+        by_stage: dict[str, int] = {}
+        for row, error in errors.items():
+            hdrs = headers.dead_letter(error, batch[row].headers())  # type: ignore[arg-type]
+            self._send(self.settings.dead_letter.topic, error.value, error.key, -1, hdrs, on_delivery)
+            by_stage[error.stage] = by_stage.get(error.stage, 0) + 1
+        for stage, n in by_stage.items():
+            self.metrics.dead_lettered(stage, n)  # type: ignore[arg-type]
+
+    def _send(  # noqa: PLR0917 - the hot path: one call per output, no kwargs packing
+        self, topic: str, value: bytes | None, key: bytes | None, partition: int,
+        hdrs: list[tuple[str, bytes]], on_delivery: Callable[..., None],
+    ) -> None:  # fmt: skip
+        while True:
+            try:
+                self.producer.produce(
+                    topic,
+                    value,
+                    key,
+                    partition=partition,
+                    headers=hdrs,  # type: ignore[arg-type]  # the stubs want Optional values
+                    on_delivery=on_delivery,
+                )
+                return
+            except BufferError:  # the local queue is full: serve deliveries, then try again
+                self.producer.poll(0.05)
+
+    def _output_partitions(self) -> int:
+        cached = getattr(self, "_out_partitions", None)
+        if cached is None:
+            metadata = self.producer.list_topics(self.settings.output.topic, timeout=10)
+            topic = metadata.topics.get(self.settings.output.topic)
+            if topic is None or topic.error is not None or not topic.partitions:
+                raise FatalError(f"output topic {self.settings.output.topic!r} is not available")
+            cached = self._out_partitions = len(topic.partitions)
+        return int(cached)
+
+    def _produce_transaction(self, batch: list[Message], result: Processed) -> None:
+        try:
+            self.producer.begin_transaction()
+            self._produce(batch, result, None)
+            commit_offsets = [TopicPartition(t, p, o) for (t, p), o in _next_offsets(batch).items()]
+            started = time.perf_counter()
+            self.producer.send_offsets_to_transaction(
+                commit_offsets, self.consumer.consumer_group_metadata(), 30
+            )
+            self.producer.commit_transaction(30)
+            self.metrics.observe_commit(time.perf_counter() - started)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.fatal() or not error.txn_requires_abort():
+                raise FatalError(f"transaction: {error}") from exc
+            log.warning(
+                "transaction aborted: rewinding to the committed offsets", extra={"error": str(error)}
+            )
+            self.producer.abort_transaction(30)
+            self._rewind()
+
+    def _rewind(self) -> None:
+        self.pending = []
+        assignment = [TopicPartition(t, p) for t, p in self.assigned]
+        for tp in self.consumer.committed(assignment, timeout=30):
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else -2))
+
+    # --- committing -------------------------------------------------------------------------------------
+
+    def _settle(self, force: bool = False) -> None:
+        failed = self.tracker.failed()
+        if failed is not None:
+            raise FatalError(f"an output was not delivered: {failed}")
+        now = time.monotonic()
+        if not force and (now - self._last_commit) * 1000 < self.settings.commit_interval_ms:
+            return
+        self._last_commit = now
+        points = self.tracker.advance()
+        mine = [TopicPartition(t, p, o) for (t, p), o in points.items() if (t, p) in self.assigned]
+        if not mine or self.settings.unsafe_commit_on_receipt:
+            return
+        started = time.perf_counter()
+        try:
+            if force:
+                self.consumer.commit(offsets=mine, asynchronous=False)
+            else:
+                self.consumer.commit(offsets=mine, asynchronous=True)
+        except KafkaException as exc:
+            log.warning("commit failed; the next one covers it", extra={"error": str(exc.args[0])})
+        self.metrics.observe_commit(time.perf_counter() - started)
+
+    def _flush(self, budget_s: float) -> None:
+        """Serve deliveries until every output is acknowledged, one failed, or the budget is spent."""
+        deadline = time.monotonic() + budget_s
+        while self.tracker.outstanding > 0 and self.tracker.failed() is None and time.monotonic() < deadline:
+            self.producer.poll(0.05)
+
+    # --- rebalances -------------------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned.update((tp.topic, tp.partition) for tp in partitions)
+        self.metrics.rebalance("assign", len(partitions))
+        self._publish_assignment()
+        if self.paused or self.breaker.open:
+            consumer.pause(partitions)
+        log.info("partitions assigned", extra={"partitions": _names(partitions)})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        self.pending = [m for m in self.pending if (m.topic(), m.partition()) not in revoked]
+        if not self.exactly_once and not self.breaker.open and not self.failed:
+            self._flush(self.settings.revoke_budget_ms / 1000)
+            try:
+                self._settle(force=True)
+            except FatalError:
+                log.error("outputs of revoked partitions failed: not committing them")
+        self.tracker.forget(revoked)
+        self.assigned -= revoked
+        self.metrics.rebalance("revoke", len(partitions))
+        self._publish_assignment()
+        log.info("partitions revoked", extra={"partitions": _names(partitions)})
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        lost = {(tp.topic, tp.partition) for tp in partitions}
+        self.pending = [m for m in self.pending if (m.topic(), m.partition()) not in lost]
+        self.tracker.forget(lost)
+        self.assigned -= lost
+        self.metrics.rebalance("lost", len(partitions))
+        self._publish_assignment()
+        log.warning("partitions lost: in-flight work dropped", extra={"partitions": _names(partitions)})
+
+    def _publish_assignment(self) -> None:
+        self.metrics.set_assigned(len(self.assigned))
+        self.health.set_assigned(len(self.assigned))
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self.health.set_fatal(str(error))
+        log.warning("kafka client error", extra={"error": str(error)})
+
+    # --- backpressure, lag, shutdown --------------------------------------------------------------------
+
+    def _backpressure(self) -> None:
+        limit = self.settings.batch.max_in_flight
+        if self.breaker.open:
+            return
+        outstanding = self.tracker.outstanding if not self.exactly_once else len(self.producer)
+        if not self.paused and outstanding > limit:
+            self._pause()
+        elif self.paused and outstanding <= limit // 2:
+            self.paused = False
+            self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
+            self.metrics.set_paused(0)
+
+    def _pause(self) -> None:
+        self.paused = True
+        self.consumer.pause([TopicPartition(t, p) for t, p in self.assigned])
+        self.metrics.set_paused(len(self.assigned))
+
+    def _report_lag(self, now: float) -> None:
+        self._last_lag = now
+        lags: dict[TP, int] = {}
+        positions = self.consumer.position([TopicPartition(t, p) for t, p in self.assigned])
+        for tp in positions:
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if tp.offset >= 0 and high >= 0:
+                lags[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        self.metrics.set_lag(lags)
+
+    def _drain(self) -> None:
+        """SIGTERM: score what was consumed, deliver it, commit it."""
+        if self.pending and not self.breaker.open:
+            batch, self.pending = self.pending, []
+            self._process(batch)
+        if not self.exactly_once:
+            self._flush(self.settings.shutdown_budget_ms / 1000)
+            self._settle(force=True)
+
+    def _close(self) -> None:
+        """Leave the group at once (the revoke callback commits what is done, unless failed)."""
+        try:
+            self.consumer.close()
+            self.producer.flush(0 if self.failed else self.settings.shutdown_budget_ms / 1000)
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("error while closing", extra={"error": str(exc)})
+
+
+def _check_delivery(error: KafkaError | None, _message: Message) -> None:
+    if error is not None:
+        raise FatalError(f"an output was not delivered: {error}")
+
+
+def _next_offsets(batch: list[Message]) -> dict[TP, int]:
+    """Per partition, the offset after the batch's last message of it: the batch's commit point."""
+    points: dict[TP, int] = {}
+    for message in batch:
+        points[(cast(str, message.topic()), cast(int, message.partition()))] = cast(int, message.offset()) + 1
+    return points
+
+
+def _names(partitions: list[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}[{tp.partition}]" for tp in partitions]

@@ -1,0 +1,82 @@
+"""At-least-once commit points: which input offsets are safe to commit because their outputs are delivered.
+
+Offsets travel with the data; only the last step commits. Each consumed batch becomes an ``InFlight`` holding,
+per input partition, the offset after its last message, and a count of outputs (scores or dead-letter records)
+the broker has not acknowledged yet. The producer's delivery callbacks count it down. ``advance`` pops the
+batches that completed *in order* from the front and returns the new commit point of each partition: a
+partition's offsets never pass a batch whose outputs are still in flight, so a crash can only replay, never
+skip. Accounting is per batch (a counter), not per event.
+
+Not thread-safe: the delivery callbacks run inside ``Producer.poll``/``flush`` on the loop's thread.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, Message
+
+TopicPartition = tuple[str, int]
+
+
+@dataclass(eq=False)
+class InFlight:
+    """One batch's outputs on their way to the broker."""
+
+    next_offsets: dict[TopicPartition, int]
+    outstanding: int = 0
+    error: KafkaError | None = None
+
+    def on_delivery(self, error: KafkaError | None, _message: Message) -> None:
+        """Producer delivery callback: once per output."""
+        if error is not None and self.error is None:
+            self.error = error
+        self.outstanding -= 1
+
+    @property
+    def done(self) -> bool:
+        return self.outstanding <= 0
+
+
+class CommitTracker:
+    """The ordered batches in flight and the commit point each partition has reached."""
+
+    def __init__(self) -> None:
+        self._batches: deque[InFlight] = deque()
+
+    def track(self, batch: InFlight) -> None:
+        self._batches.append(batch)
+
+    @property
+    def outstanding(self) -> int:
+        """Outputs produced and not yet acknowledged, over all batches."""
+        return sum(b.outstanding for b in self._batches)
+
+    @property
+    def empty(self) -> bool:
+        return not self._batches
+
+    def failed(self) -> KafkaError | None:
+        """The first delivery error of any batch: outputs were lost, so the worker must not go on."""
+        return next((b.error for b in self._batches if b.error is not None), None)
+
+    def advance(self) -> dict[TopicPartition, int]:
+        """Pop the completed batches at the front; the commit point of each partition they move."""
+        points: dict[TopicPartition, int] = {}
+        while self._batches and self._batches[0].done and self._batches[0].error is None:
+            points.update(self._batches.popleft().next_offsets)
+        return points
+
+    def forget(self, partitions: Iterable[TopicPartition]) -> None:
+        """Partitions revoked or lost: their offsets are no longer ours to commit."""
+        gone = set(partitions)
+        for batch in self._batches:
+            for tp in gone & batch.next_offsets.keys():
+                del batch.next_offsets[tp]
+
+    def pending_for(self, partitions: Iterable[TopicPartition]) -> bool:
+        """True while a batch still holding any of ``partitions`` awaits acknowledgements."""
+        wanted = set(partitions)
+        return any(not b.done and wanted & b.next_offsets.keys() for b in self._batches)
