@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-SUITES: tuple[str, ...] = ("bench.graph",)
+SUITES: tuple[str, ...] = ("bench.graph", "bench.avro")
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 
 

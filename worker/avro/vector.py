@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 Rows = npt.NDArray[np.intp] | slice
 """The rows a read advances: an index array, or ``slice(None)`` for all rows (cheaper than fancy indexing)."""
-_PAD = 16
+_PAD = 256  # lets gathers of short values run past the last row without a bounds clip
 _AR10 = np.arange(10)
 _SHIFTS = (7 * np.arange(10)).astype(np.uint64)
 _AR8 = np.arange(8)
@@ -53,6 +53,13 @@ class Cursor:
         """Zigzag varints (Avro int and long) at ``rows``: one pass per byte position, over open rows."""
         p = self.pos[rows].copy()  # a view when rows is a slice
         first = self.buf[p]
+        if not (first >= 0x80).any():  # every value fits in one byte: the common case for lengths and flags
+            z1 = first.astype(np.int64)
+            new = p + 1
+            self.pos[rows] = new
+            self.fail(rows, new > self.end[rows])
+            small: npt.NDArray[np.int64] = (z1 >> 1) ^ -(z1 & 1)
+            return small
         z = (first & 0x7F).astype(np.uint64)
         length = np.ones(len(p), dtype=np.int64)
         active = np.flatnonzero(first >= 0x80)
@@ -124,9 +131,10 @@ class Cursor:
             out[:] = list(map(self.data.__getitem__, map(slice, starts.tolist(), (starts + lens).tolist())))
             return out
         cols = np.arange(width)
-        matrix = self.buf[
-            np.minimum(starts[:, None] + cols, len(self.buf) - 1)
-        ]  # cells past a row are masked
+        index = starts[:, None] + cols
+        if int(starts.max()) + width > len(self.buf):
+            np.minimum(index, len(self.buf) - 1, out=index)  # cells past a row's value are masked below
+        matrix = self.buf[index]
         matrix[cols >= lens[:, None]] = 0
         out = np.ascontiguousarray(matrix).view(f"S{width}").ravel().astype(object)
         nul_end = np.flatnonzero((lens > 0) & (self.buf[starts + lens - 1] == 0))
