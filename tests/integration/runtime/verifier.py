@@ -319,6 +319,9 @@ class ScoreDecoder:
             return None
         return record if isinstance(record, dict) else None
 
+    def close(self) -> None:
+        self._client.close()
+
 
 def _without_logical_types(schema: Any) -> Any:
     if isinstance(schema, dict):
@@ -412,9 +415,11 @@ def collect_and_verify(
     timeout_s: float = 180.0,
 ) -> tuple[Report, list[Output], list[Output]]:
     """Read both output topics and verify them; returns the report and the records, for further checks."""
-    scores = read_outputs(
-        bootstrap_servers, score_topic, "score", decode=ScoreDecoder(registry_url), timeout_s=timeout_s
-    )
+    decoder = ScoreDecoder(registry_url)
+    try:
+        scores = read_outputs(bootstrap_servers, score_topic, "score", decode=decoder, timeout_s=timeout_s)
+    finally:
+        decoder.close()
     dead = read_outputs(bootstrap_servers, dead_letter_topic, "dead_letter", timeout_s=timeout_s)
     report = verify(
         sources,

@@ -1,0 +1,196 @@
+"""The event side of the streaming tests: car-insurance events planned, scored offline, and produced fast.
+
+``plan_events`` generates ``n`` events, turns a ``poison_ratio`` of them into poison (a wrong magic byte, an
+unknown schema id, a truncated body, a NaN feature), scores the decodable ones offline with the worker's own
+offline scorer (``worker.scoring``) and returns one ``Planned`` record per event: key (the ecid), value
+(Confluent framing: magic 0, the 4-byte schema id, the fastavro body) and the expected outcome, the score
+fields as Avro stores them, or None when the event must be dead-lettered.
+
+``produce`` sends planned records to a topic with an idempotent producer (so a retry never writes a record
+twice) and returns, from the delivery reports, what sits at each partition and offset: the ``Sources`` the
+verifier needs. ``BackgroundProducer`` does the same from a thread at a given rate, so that replicas can be
+killed while events still arrive. Blocking; called by the runtime tests only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import numpy as np
+from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from verifier import Source
+
+from examples.car_insurance.generate import generate
+from worker.graph import CompiledGraph
+from worker.scoring.score import score_events
+
+ROOT = Path(__file__).resolve().parents[3]
+EVENT_SCHEMA = ROOT / "schemas" / "car_insurance_event.avsc"
+SCORE_SCHEMA = ROOT / "schemas" / "car_insurance_score.avsc"
+POISON_KINDS = ("bad_magic", "unknown_schema_id", "truncated", "nan_features")
+UNKNOWN_SCHEMA_ID = 2_000_000_000  # far beyond any id the local registry hands out
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One record to produce and what the worker must answer for it."""
+
+    key: bytes
+    value: bytes
+    expected: Mapping[str, Any] | None
+    poison: str | None = None
+
+
+def register_schema(registry_url: str, subject: str, path: Path = EVENT_SCHEMA) -> int:
+    """Register the Avro schema at ``path`` under ``subject``; returns its id."""
+    with SchemaRegistryClient({"url": registry_url}) as client:
+        return int(client.register_schema(subject, Schema(path.read_text(), "AVRO")))
+
+
+def plan_events(
+    graph: CompiledGraph, n: int, *, seed: int, schema_id: int, poison_ratio: float = 0.0
+) -> list[Planned]:
+    """``n`` events (see the module docstring); poison kinds take turns over the poisoned events."""
+    events = generate(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    poisoned = sorted(rng.choice(n, size=round(n * poison_ratio), replace=False).tolist())
+    kinds = {index: POISON_KINDS[i % len(POISON_KINDS)] for i, index in enumerate(poisoned)}
+    for index, kind in kinds.items():
+        if kind == "nan_features":
+            events[index] = {**events[index], "pricequote": float("nan")}
+    expected = expected_scores(graph, events)
+    bodies = encode_bodies(events)
+    header = b"\x00" + struct.pack(">I", schema_id)
+    planned = []
+    for index, (event, body, want) in enumerate(zip(events, bodies, expected, strict=True)):
+        kind = kinds.get(index)
+        value = _poison(kind, header, body)
+        decodable = kind in (None, "nan_features")  # the others never reach the graph
+        planned.append(Planned(event["ecid"].encode(), value, want if decodable else None, kind))
+    return planned
+
+
+def _poison(kind: str | None, header: bytes, body: bytes) -> bytes:
+    if kind == "bad_magic":
+        return b"\x01" + header[1:] + body
+    if kind == "unknown_schema_id":
+        return b"\x00" + struct.pack(">I", UNKNOWN_SCHEMA_ID) + body
+    if kind == "truncated":
+        return header + body[: len(body) // 2]
+    return header + body
+
+
+def encode_bodies(events: Sequence[Mapping[str, Any]], path: Path = EVENT_SCHEMA) -> list[bytes]:
+    """The Avro binary body of each event (no framing)."""
+    schema = fastavro.parse_schema(json.loads(path.read_text()))
+    out = []
+    buffer = io.BytesIO()
+    for event in events:
+        buffer.seek(0)
+        buffer.truncate()
+        fastavro.schemaless_writer(buffer, schema, event)
+        out.append(buffer.getvalue())
+    return out
+
+
+def expected_scores(graph: CompiledGraph, events: Sequence[Mapping[str, Any]]) -> list[dict[str, Any] | None]:
+    """The offline score of each event as the score's Avro fields hold it (timestamps in epoch ms), or None
+    when the offline scorer rejects the event."""
+    stamps = {f.name for f in graph.outputs if str(f.dtype).startswith("datetime64")}
+    expected: list[dict[str, Any] | None] = []
+    for result in score_events(graph, [dict(e) for e in events], batch_size=5000):
+        if "error" in result:
+            expected.append(None)
+            continue
+        for name in stamps:
+            result[name] = int(np.datetime64(result[name].rstrip("Z"), "ms").astype(np.int64))
+        expected.append(result)
+    return expected
+
+
+def produce(
+    bootstrap_servers: str, topic: str, planned: Sequence[Planned], *, rate_per_s: float | None = None
+) -> dict[int, dict[int, Source]]:
+    """Produce ``planned`` in order (at about ``rate_per_s`` when given); where each record landed.
+
+    Raises ``RuntimeError`` when a record is not delivered within a minute of the last send.
+    """
+    producer = Producer({
+        "bootstrap.servers": bootstrap_servers,
+        "enable.idempotence": True,
+        "linger.ms": 20,
+        "batch.size": 1_000_000,
+        "compression.type": "lz4",
+        "queue.buffering.max.messages": 1_000_000,
+    })  # fmt: skip
+    placed: dict[int, dict[int, Source]] = {}
+    failures: list[str] = []
+
+    def delivered(error: KafkaError | None, message: Message, record: Planned) -> None:
+        if error is not None:
+            failures.append(str(error))
+            return
+        source = Source(record.key, record.value, record.expected, record.poison)
+        placed.setdefault(message.partition(), {})[message.offset()] = source
+
+    chunk = 1000
+    started = time.monotonic()
+    for first in range(0, len(planned), chunk):
+        if rate_per_s is not None:
+            time.sleep(max(0.0, started + first / rate_per_s - time.monotonic()))
+        for record in planned[first : first + chunk]:
+            producer.produce(
+                topic, record.value, record.key, on_delivery=lambda e, m, r=record: delivered(e, m, r)
+            )
+        producer.poll(0)
+    remaining = producer.flush(60)
+    if remaining or failures:
+        raise RuntimeError(f"{topic}: {remaining} records undelivered, failures: {failures[:3]}")
+    return placed
+
+
+class BackgroundProducer:
+    """``produce`` in a thread; ``result`` joins it and returns (or raises) what ``produce`` did."""
+
+    def __init__(
+        self, bootstrap_servers: str, topic: str, planned: Sequence[Planned], *, rate_per_s: float
+    ) -> None:
+        self._outcome: dict[int, dict[int, Source]] | BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(bootstrap_servers, topic, planned, rate_per_s), daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, bootstrap_servers: str, topic: str, planned: Sequence[Planned], rate: float) -> None:
+        try:
+            self._outcome = produce(bootstrap_servers, topic, planned, rate_per_s=rate)
+        except BaseException as exc:  # handed to the test thread by result()
+            self._outcome = exc
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def result(self, timeout_s: float = 300.0) -> dict[int, dict[int, Source]]:
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise TimeoutError(f"the background producer did not finish within {timeout_s} s")
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        assert self._outcome is not None
+        return self._outcome
+
+
+def end_offsets(sources: Mapping[int, Mapping[int, Source]], partitions: int) -> dict[int, int]:
+    """Per input partition, the offset after the last produced record: where the group must commit to."""
+    return {p: max(sources[p]) + 1 if sources.get(p) else 0 for p in range(partitions)}
