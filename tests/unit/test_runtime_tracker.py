@@ -1,0 +1,227 @@
+"""CommitTracker and InFlight: commit points advance only over batches whose outputs are all acknowledged,
+in consume order; a delivery error stops them; revoked partitions are forgotten."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+from confluent_kafka import KafkaError, Message
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker.runtime.loop import _next_offsets
+from worker.runtime.tracker import CommitTracker, InFlight, TopicPartition
+
+A0: TopicPartition = ("in", 0)
+A1: TopicPartition = ("in", 1)
+TIMED_OUT = KafkaError(KafkaError._MSG_TIMED_OUT)
+TOO_LARGE = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+
+
+def ack(batch: InFlight, n: int = 1, error: KafkaError | None = None) -> None:
+    for _ in range(n):
+        batch.on_delivery(error, None)  # type: ignore[arg-type]  # the callback never reads the message
+
+
+def tracked(tracker: CommitTracker, next_offsets: dict[TopicPartition, int], outputs: int) -> InFlight:
+    batch = InFlight(dict(next_offsets), outstanding=outputs)
+    tracker.track(batch)
+    return batch
+
+
+def test_a_completed_batch_moves_its_partitions_and_leaves_the_tracker() -> None:
+    tracker = CommitTracker()
+    batch = tracked(tracker, {A0: 10, A1: 4}, outputs=3)
+    ack(batch, 2)
+    assert not batch.done
+    assert tracker.advance() == {}
+    ack(batch)
+    assert batch.done
+    assert tracker.advance() == {A0: 10, A1: 4}
+    assert tracker.empty
+    assert tracker.advance() == {}  # popped: nothing to commit twice
+
+
+def test_an_incomplete_earlier_batch_holds_back_later_ones() -> None:
+    tracker = CommitTracker()
+    first = tracked(tracker, {A0: 10}, outputs=2)
+    second = tracked(tracker, {A0: 20, A1: 5}, outputs=1)
+    ack(second)
+    assert second.done and not first.done
+    assert tracker.advance() == {}  # A1 is held back too: the order of batches is the order of commits
+    ack(first)
+    ack(first)
+    assert tracker.advance() == {A0: 20, A1: 5}  # the later batch's point wins
+    assert tracker.empty
+
+
+def test_advance_stops_at_the_first_incomplete_batch() -> None:
+    tracker = CommitTracker()
+    first = tracked(tracker, {A0: 10}, outputs=1)
+    second = tracked(tracker, {A0: 20}, outputs=1)
+    third = tracked(tracker, {A0: 30, A1: 3}, outputs=1)
+    ack(first)
+    ack(third)
+    assert tracker.advance() == {A0: 10}
+    assert not tracker.empty
+    ack(second)
+    assert tracker.advance() == {A0: 30, A1: 3}
+
+
+def test_a_batch_without_outputs_is_done_at_once() -> None:
+    tracker = CommitTracker()
+    tracked(tracker, {A0: 7}, outputs=0)
+    assert tracker.advance() == {A0: 7}
+
+
+def test_outstanding_counts_unacknowledged_outputs_over_all_batches() -> None:
+    tracker = CommitTracker()
+    assert tracker.outstanding == 0 and tracker.empty
+    first = tracked(tracker, {A0: 10}, outputs=3)
+    second = tracked(tracker, {A1: 10}, outputs=4)
+    assert tracker.outstanding == 7
+    ack(first, 3)
+    ack(second)
+    assert tracker.outstanding == 3
+    tracker.advance()
+    assert tracker.outstanding == 3 and not tracker.empty
+    ack(second, 3)
+    assert tracker.outstanding == 0
+
+
+def test_a_delivery_error_stops_advancing_and_is_reported() -> None:
+    tracker = CommitTracker()
+    first = tracked(tracker, {A0: 10}, outputs=2)
+    second = tracked(tracker, {A0: 20}, outputs=1)
+    assert tracker.failed() is None
+    ack(first)
+    ack(first, error=TIMED_OUT)
+    ack(second)
+    assert first.done  # every callback came, one of them with an error
+    assert tracker.failed() is TIMED_OUT
+    assert tracker.advance() == {}  # neither the failed batch nor anything after it
+    assert tracker.advance() == {}
+    assert tracker.failed() is TIMED_OUT
+
+
+def test_the_first_error_is_kept_and_failed_reports_the_earliest_batch() -> None:
+    tracker = CommitTracker()
+    ok = tracked(tracker, {A0: 5}, outputs=1)
+    first = tracked(tracker, {A0: 10}, outputs=2)
+    second = tracked(tracker, {A0: 20}, outputs=1)
+    ack(second, error=TOO_LARGE)
+    ack(first, error=TIMED_OUT)
+    ack(first, error=TOO_LARGE)
+    ack(ok)
+    assert first.error is TIMED_OUT  # the first error of a batch is not overwritten
+    assert tracker.failed() is TIMED_OUT  # the batch earliest in consume order, not the first callback
+    assert tracker.advance() == {A0: 5}  # the completed batch before the failure still commits
+
+
+def test_forget_drops_revoked_partitions_from_every_batch() -> None:
+    tracker = CommitTracker()
+    first = tracked(tracker, {A0: 10, A1: 3}, outputs=1)
+    second = tracked(tracker, {A1: 8}, outputs=1)
+    tracker.forget([A1, ("other", 0)])
+    assert first.next_offsets == {A0: 10} and second.next_offsets == {}
+    assert tracker.pending_for([A0]) and not tracker.pending_for([A1])
+    ack(first)
+    ack(second)
+    assert tracker.advance() == {A0: 10}  # nothing of A1: it is no longer ours to commit
+    assert tracker.empty
+
+
+def test_pending_for_is_true_only_while_outputs_of_those_partitions_are_in_flight() -> None:
+    tracker = CommitTracker()
+    first = tracked(tracker, {A0: 10}, outputs=1)
+    tracked(tracker, {A1: 3}, outputs=0)
+    assert tracker.pending_for([A0]) and tracker.pending_for([A0, A1])
+    assert not tracker.pending_for([A1]) and not tracker.pending_for([])
+    ack(first)
+    assert not tracker.pending_for([A0, A1])
+
+
+def test_next_offsets_of_a_batch_are_one_past_the_last_message_of_each_partition() -> None:
+    batch = [
+        Message(topic="in", partition=0, offset=4),
+        Message(topic="in", partition=1, offset=9),
+        Message(topic="in", partition=0, offset=7),  # gaps: compaction, transaction markers
+        Message(topic="other", partition=0, offset=1),
+    ]
+    assert _next_offsets(batch) == {A0: 8, A1: 10, ("other", 0): 2}
+
+
+# --- property: never skip an unacknowledged message ------------------------------------------------------
+
+PARTITIONS = [("in", 0), ("in", 1), ("in", 2), ("side", 0)]
+
+
+@st.composite
+def schedules(draw: st.DrawFn) -> tuple[list[list[Message]], list[tuple[str, int, int]]]:
+    """Batches of messages over a few partitions (offsets rising with gaps), and an interleaving of
+    "track the next batch" and "acknowledge output k of batch b" steps, acknowledgements in random order."""
+    sizes = draw(st.lists(st.integers(1, 8), min_size=1, max_size=8))
+    offsets = {tp: draw(st.integers(0, 100)) for tp in PARTITIONS}
+    batches: list[list[Message]] = []
+    for size in sizes:
+        batch = []
+        for _ in range(size):
+            tp = draw(st.sampled_from(PARTITIONS))
+            offsets[tp] += draw(st.integers(1, 3))
+            batch.append(Message(topic=tp[0], partition=tp[1], offset=offsets[tp]))
+        batches.append(batch)
+    steps: list[tuple[str, int, int]] = []
+    tracked_n, unacked = 0, []  # (batch, output) pairs tracked but not acknowledged
+    while tracked_n < len(batches) or unacked:
+        if tracked_n < len(batches) and (not unacked or draw(st.booleans())):
+            steps.append(("track", tracked_n, 0))
+            unacked.extend((tracked_n, k) for k in range(len(batches[tracked_n])))
+            tracked_n += 1
+        else:
+            pick = unacked.pop(draw(st.integers(0, len(unacked) - 1)))
+            steps.append(("ack", *pick))
+    return batches, steps
+
+
+@settings(max_examples=300, deadline=None)
+@given(schedules())
+def test_commit_points_never_pass_an_unacknowledged_message(
+    schedule: tuple[list[list[Message]], list[tuple[str, int, int]]],
+) -> None:
+    batches, steps = schedule
+    tracker = CommitTracker()
+    in_flight: list[InFlight] = []
+    unacked: dict[TopicPartition, set[int]] = defaultdict(set)  # offsets whose output is in flight
+    committed: dict[TopicPartition, int] = {}
+    for step, b, k in steps:
+        if step == "track":
+            batch = batches[b]
+            in_flight.append(InFlight(_next_offsets(batch), outstanding=len(batch)))  # one output each
+            tracker.track(in_flight[-1])
+            for m in batch:
+                unacked[(m.topic(), m.partition())].add(m.offset())
+        else:
+            message = batches[b][k]
+            unacked[(message.topic(), message.partition())].remove(message.offset())
+            in_flight[b].on_delivery(None, message)
+        for tp, point in tracker.advance().items():
+            assert point >= committed.get(tp, 0), "a commit point went backwards"
+            committed[tp] = point
+            if unacked[tp]:
+                assert point <= min(unacked[tp]), f"{tp} committed past an unacknowledged offset"
+    assert tracker.empty and tracker.outstanding == 0 and tracker.failed() is None
+    last = {(m.topic(), m.partition()): m.offset() for batch in batches for m in batch}
+    assert committed == {tp: offset + 1 for tp, offset in last.items()}
+
+
+@pytest.mark.parametrize("failing_batch", [0, 1, 2])
+def test_nothing_at_or_after_a_failed_batch_is_ever_committed(failing_batch: int) -> None:
+    tracker = CommitTracker()
+    batches = [tracked(tracker, {A0: 10 * (i + 1)}, outputs=2) for i in range(3)]
+    for i, batch in enumerate(batches):
+        ack(batch, error=TIMED_OUT if i == failing_batch else None)
+        ack(batch)
+    points = tracker.advance()
+    assert points == ({A0: 10 * failing_batch} if failing_batch else {})
+    assert tracker.failed() is TIMED_OUT
