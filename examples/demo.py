@@ -1,31 +1,50 @@
-"""`make demo`: the journey of events through the local stack.
+"""`make demo`: the whole journey through a real local Kafka and Schema Registry.
 
-Today: create the demo topics, produce generated car-insurance events in the Confluent wire format (the schema
-registered through the registry), and read them back. `make demo` wraps this in `scripts/services.py run`, so
-the services are started and stopped around it unless they were already running.
+1. create the topics; 2. train the car-insurance models, upload them to a model store, write the graph;
+3. validate the graph; 4. start two worker replicas in one consumer group; 5. produce generated events (a few
+of them poison) at a steady rate; 6. read the scores and dead-letter records back and summarise throughput,
+end-to-end latency and what was dead-lettered; 7. stop the replicas with SIGTERM (drain, commit, exit 0).
+
+`make demo` wraps this in `scripts/services.py run`, so the services are started and stopped around it unless
+they were already running. Run state (models, config, replica logs) goes to `.demo/`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
+import signal
+import struct
+import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
+import fastavro
+import numpy as np
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
-from confluent_kafka.serialization import MessageField, SerializationContext
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from examples.car_insurance.generate import generate
 
 # Topic name -> partitions; docker-compose.yml creates the same ones.
 TOPICS = {"car-insurance-events": 12, "car-insurance-scores": 12, "car-insurance-dlq": 3}
-EVENTS_TOPIC = "car-insurance-events"
-SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+EVENTS, SCORES, DLQ = TOPICS
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / ".demo"
+N_EVENTS = 20_000
+RATE_PER_S = 5_000
+POISON_EVERY = 500
+
+
+def say(text: str) -> None:
+    print(f"\n== {text}", flush=True)
 
 
 def ensure_topics(admin: AdminClient) -> None:
@@ -35,39 +54,172 @@ def ensure_topics(admin: AdminClient) -> None:
         future.result(timeout=30)
 
 
+def train() -> Path:
+    out = STATE / "out"
+    subprocess.run([sys.executable, "-m", "examples.car_insurance.train", "--out", str(out),
+                    "--models", str(STATE / "models"), "--rows", "10000"], check=True)  # fmt: skip
+    return out / "graph_lr.json"
+
+
+def write_config(graph: Path, bootstrap: str, registry_url: str) -> Path:
+    config = STATE / "worker.toml"
+    config.write_text(f"""\
+group_id = "rtml-demo"
+graph = "{graph}"
+model_store = "{STATE / "models"}"
+metrics_port = 0
+metrics_host = "127.0.0.1"
+
+[kafka]
+bootstrap_servers = "{bootstrap}"
+
+[schema_registry]
+url = "{registry_url}"
+
+[input]
+topics = ["{EVENTS}"]
+reader_schema = "{ROOT / "schemas" / "car_insurance_event.avsc"}"
+
+[output]
+topic = "{SCORES}"
+schema = "{ROOT / "schemas" / "car_insurance_score.avsc"}"
+
+[dead_letter]
+topic = "{DLQ}"
+
+[batch]
+max_records = 1000
+max_wait_ms = 10
+""")
+    return config
+
+
+def start_replica(config: Path, index: int) -> tuple[subprocess.Popen[bytes], Path]:
+    log = STATE / f"replica-{index}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "worker", "run", "--config", str(config)],
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    return proc, log
+
+
+def wait_ready(log: Path, timeout_s: float = 60) -> int:
+    """The replica's metrics port (from its log), once /readyz answers 200."""
+    deadline = time.monotonic() + timeout_s
+    port = None
+    while time.monotonic() < deadline:
+        if port is None and (found := re.search(r'"http server listening", "port": (\d+)', log.read_text())):
+            port = int(found.group(1))
+        if port is not None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
+                    return port
+            except OSError:
+                pass
+        time.sleep(0.2)
+    sys.exit(f"demo: replica not ready after {timeout_s:.0f}s; see {log}")
+
+
+def produce(bootstrap: str, registry_url: str, run_id: str) -> dict[str, float]:
+    """Events at RATE_PER_S; every POISON_EVERY-th is garbage. Returns ecid -> send time."""
+    schema_text = (ROOT / "schemas" / "car_insurance_event.avsc").read_text()
+    with SchemaRegistryClient({"url": registry_url}) as registry:
+        schema_id = registry.register_schema(f"{EVENTS}-value", Schema(schema_text, "AVRO"))
+    parsed = fastavro.parse_schema(json.loads(schema_text))
+    header = b"\x00" + struct.pack(">I", schema_id)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
+    sent: dict[str, float] = {}
+    started = time.monotonic()
+    for i, event in enumerate(generate(N_EVENTS, seed=int(time.time()))):
+        event["ecid"] = f"{run_id}-{i}"
+        buffer = io.BytesIO(header)
+        buffer.seek(5)
+        fastavro.schemaless_writer(buffer, parsed, event)
+        value = buffer.getvalue() if i % POISON_EVERY else b"\x07not avro"
+        while (ahead := started + i / RATE_PER_S - time.monotonic()) > 0:
+            producer.poll(min(ahead, 0.01))
+        sent[event["ecid"]] = time.time()
+        producer.produce(EVENTS, value, event["ecid"].encode())
+    producer.flush(30)
+    return sent
+
+
+def collect(bootstrap: str, sent: dict[str, float], run_id: str) -> tuple[list[dict[str, Any]], int]:
+    """Scores (with their latency) and the dead-letter count of this run's events."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-reader-{uuid.uuid4().hex[:8]}",
+                         "auto.offset.reset": "earliest", "isolation.level": "read_committed"})  # fmt: skip
+    consumer.subscribe([SCORES, DLQ])
+    scores: list[dict[str, Any]] = []
+    dead = 0
+    expected_dead = len(range(0, N_EVENTS, POISON_EVERY))
+    deadline = time.monotonic() + 120
+    schemas: dict[int, Any] = {}
+    with SchemaRegistryClient({"url": os.environ["SCHEMA_REGISTRY_URL"]}) as registry:
+        while len(scores) + dead < len(sent) and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 0.5):
+                key = (msg.key() or b"").decode()
+                if msg.error() is not None or not key.startswith(run_id):
+                    continue
+                if msg.topic() == DLQ:
+                    dead += 1
+                    continue
+                schema_id = struct.unpack(">I", msg.value()[1:5])[0]
+                if schema_id not in schemas:
+                    schemas[schema_id] = fastavro.parse_schema(
+                        json.loads(registry.get_schema(schema_id).schema_str)
+                    )
+                record = fastavro.schemaless_reader(io.BytesIO(msg.value()[5:]), schemas[schema_id])
+                record["latency_ms"] = msg.timestamp()[1] - sent[key] * 1000
+                scores.append(record)
+    consumer.close()
+    if dead != expected_dead:
+        print(f"demo: expected {expected_dead} dead-letter records, read {dead}")
+    return scores, dead
+
+
 def main() -> int:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     registry_url = os.environ.get("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081/apis/ccompat/v7")
+    os.environ["SCHEMA_REGISTRY_URL"] = registry_url
+    STATE.mkdir(exist_ok=True)
+    say("1. topics")
     ensure_topics(AdminClient({"bootstrap.servers": bootstrap}))
-    schema = (SCHEMAS / "car_insurance_event.avsc").read_text()
-    events = generate(20, seed=int(time.time()))
-    with SchemaRegistryClient({"url": registry_url}) as registry:
-        serialize = AvroSerializer(registry, schema, lambda e, _: e)
-        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-        for event in events:
-            ctx = SerializationContext(EVENTS_TOPIC, MessageField.VALUE)
-            producer.produce(EVENTS_TOPIC, key=event["ecid"].encode(), value=serialize(event, ctx))
-        producer.flush(30)
-        print(f"produced {len(events)} events to {EVENTS_TOPIC}")
-        deserialize = AvroDeserializer(registry)
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"demo-{uuid.uuid4().hex[:8]}",
-                             "auto.offset.reset": "earliest", "enable.auto.commit": False})  # fmt: skip
-        wanted = {e["ecid"] for e in events}
-        consumer.subscribe([EVENTS_TOPIC])
-        seen = 0
-        try:
-            deadline = time.monotonic() + 30
-            while seen < len(wanted) and time.monotonic() < deadline:
-                for msg in consumer.consume(100, timeout=0.5):
-                    event = deserialize(msg.value(), SerializationContext(msg.topic(), MessageField.VALUE))
-                    if event["ecid"] in wanted:
-                        seen += 1
-                        if seen <= 3:
-                            print(json.dumps(event, default=str))
-        finally:
-            consumer.close()
-    print(f"read back {seen} of {len(events)} events")
-    return 0 if seen == len(events) else 1
+    print(", ".join(f"{name} ({n} partitions)" for name, n in TOPICS.items()))
+    say("2. train the car-insurance models, upload them, write the scoring graph")
+    graph = train()
+    say("3. validate the graph and its models")
+    validate = [sys.executable, "-m", "worker", "validate", str(graph), "--models", str(STATE / "models")]
+    subprocess.run(validate, check=True)
+    config = write_config(graph, bootstrap, registry_url)
+    say("4. start two worker replicas (one consumer group)")
+    replicas = [start_replica(config, i) for i in range(2)]
+    try:
+        ports = [wait_ready(log) for _, log in replicas]
+        print(f"ready: metrics and health on ports {ports}")
+        say(f"5. produce {N_EVENTS} events at {RATE_PER_S}/s, one in {POISON_EVERY} poison")
+        run_id = uuid.uuid4().hex[:8]
+        started = time.time()
+        sent = produce(bootstrap, registry_url, run_id)
+        say("6. read the scores back")
+        scores, dead = collect(bootstrap, sent, run_id)
+        elapsed = time.time() - started
+    finally:
+        say("7. stop the replicas (SIGTERM: drain, commit, exit)")
+        for proc, _ in replicas:
+            proc.send_signal(signal.SIGTERM)
+        codes = [proc.wait(timeout=60) for proc, _ in replicas]
+        print(f"exit codes {codes}")
+    for record in scores[:5]:
+        print(
+            json.dumps(
+                {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}, default=str
+            )
+        )
+    latency = np.array([s["latency_ms"] for s in scores])
+    print(f"\nsummary: {len(scores)} scored + {dead} dead-lettered of {len(sent)} events in {elapsed:.1f}s "
+          f"({(len(scores) + dead) / elapsed:.0f} events/s at a {RATE_PER_S}/s offered rate); "
+          f"end-to-end latency p50 {np.percentile(latency, 50):.1f} ms, "
+          f"p99 {np.percentile(latency, 99):.1f} ms")  # fmt: skip
+    return 0 if len(scores) + dead == len(sent) and codes == [0, 0] else 1
 
 
 if __name__ == "__main__":

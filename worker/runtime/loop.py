@@ -37,7 +37,7 @@ from typing import cast
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from worker.errors import InfrastructureError, RecordError
+from worker.errors import InfrastructureError, RecordError, Stage
 from worker.runtime import headers
 from worker.runtime.breaker import CircuitBreaker
 from worker.runtime.config import Settings
@@ -134,7 +134,10 @@ class Worker:
         room = batching.max_records - len(self.pending)
         messages = self.consumer.consume(room, 0) if room > 0 and not self.paused else []
         if not messages and not self.pending:
-            messages = self.consumer.consume(batching.max_records, IDLE_BLOCK_S)
+            # Idle: block in poll, which returns on the first message (consume(n, t) would wait out t).
+            first = self.consumer.poll(IDLE_BLOCK_S)
+            if first is not None:
+                messages = [first, *self.consumer.consume(batching.max_records - 1, 0)]
         now = time.monotonic()
         if messages:
             if not self.pending:
@@ -181,6 +184,7 @@ class Worker:
         self.metrics.events_out(len(result.score_values))
         self.metrics.observe_batch(len(batch), time.perf_counter() - started)
         stamps = np.fromiter((m.timestamp()[1] for m in batch), np.float64, len(batch))
+        stamps[stamps < 0] = np.nan  # no timestamp: not observed
         self.metrics.observe_end_to_end(time.time() - stamps / 1000)
 
     def _use(self, pipeline: Pipeline) -> None:
@@ -231,13 +235,13 @@ class Worker:
     def _dead_letter(
         self, errors: dict[int, RecordError], batch: list[Message], on_delivery: Callable[..., None]
     ) -> None:
-        by_stage: dict[str, int] = {}
+        by_stage: dict[Stage, int] = {}
         for row, error in errors.items():
             hdrs = headers.dead_letter(error, batch[row].headers())  # type: ignore[arg-type]
             self._send(self.settings.dead_letter.topic, error.value, error.key, -1, hdrs, on_delivery)
             by_stage[error.stage] = by_stage.get(error.stage, 0) + 1
         for stage, n in by_stage.items():
-            self.metrics.dead_lettered(stage, n)  # type: ignore[arg-type]
+            self.metrics.dead_lettered(stage, n)
 
     def _send(  # noqa: PLR0917 - the hot path: one call per output, no kwargs packing
         self, topic: str, value: bytes | None, key: bytes | None, partition: int,
