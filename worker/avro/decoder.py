@@ -177,17 +177,22 @@ class _Job:
         nulls = [i for i, v in enumerate(values) if v is None] if None in values else []
         present: Sequence[bytes] = [b"" if v is None else v for v in values] if nulls else values  # type: ignore[assignment]
         lens = np.fromiter(map(len, present), dtype=np.int64, count=len(present))
-        self.data = b"".join(present)
-        self.ends = np.cumsum(lens)
-        self.starts = self.ends - lens
         ok = np.ones(len(values), dtype=np.bool_)
         for i in nulls:
             self.fail(i, "null value (a tombstone) where an Avro record was expected", None)
         ok[nulls] = False
         limit = self.decoder.limits.max_message_bytes
-        for i in np.flatnonzero(ok & (lens > limit)).tolist():
-            self.fail(i, f"message of {lens[i]} bytes exceeds max_message_bytes={limit}", None)
-        ok &= lens <= limit
+        oversized = np.flatnonzero(lens > limit).tolist()
+        if oversized:  # refused before any copy: a huge value never reaches the joined buffer
+            present = list(present)
+            for i in oversized:
+                self.fail(i, f"message of {lens[i]} bytes exceeds max_message_bytes={limit}", None)
+                present[i] = b""
+            ok[oversized] = False
+            lens[oversized] = 0
+        self.data = b"".join(present)
+        self.ends = np.cumsum(lens)
+        self.starts = self.ends - lens
         ids = np.zeros(len(values), dtype=np.int64)
         if self.decoder._header:
             ok = self._confluent(ok, lens, ids)

@@ -16,10 +16,13 @@ import numpy.typing as npt
 
 Rows = npt.NDArray[np.intp] | slice
 """The rows a read advances: an index array, or ``slice(None)`` for all rows (cheaper than fancy indexing)."""
+I64 = npt.NDArray[np.int64]
 _PAD = 256  # lets gathers of short values run past the last row without a bounds clip
 _AR10 = np.arange(10)
 _SHIFTS = (7 * np.arange(10)).astype(np.uint64)
 _AR8 = np.arange(8)
+_AR16 = np.arange(16)
+_SHORT = 15  # strings shorter than this are decoded once per distinct value
 
 
 def subset(rows: Rows, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
@@ -41,6 +44,10 @@ class Cursor:
         self.pos = pos.astype(np.int64, copy=True)
         self.end = end.astype(np.int64, copy=False)
         self.bad = np.zeros(len(pos), dtype=np.bool_)
+        # Row views of the next 8 / 16 bytes at every offset: gathering rows of them copies bytes only,
+        # without building an index matrix.
+        self.win8 = np.lib.stride_tricks.sliding_window_view(self.buf, 8)
+        self.win16 = np.lib.stride_tricks.sliding_window_view(self.buf, 16)
 
     def fail(self, rows: Rows, mask: npt.NDArray[np.bool_]) -> None:
         """Mark ``rows[mask]`` bad and pin their positions to their ends."""
@@ -87,7 +94,7 @@ class Cursor:
         new = p + width
         self.pos[rows] = new
         self.fail(rows, new > self.end[rows])
-        return np.ascontiguousarray(self.buf[p[:, None] + _AR8[:width]])
+        return self.win8[p, :width] if width < 8 else self.win8[p]
 
     def double(self, rows: Rows) -> npt.NDArray[np.float64]:
         return self.fixed_width(rows, 8).view("<f8").ravel()
@@ -101,20 +108,37 @@ class Cursor:
 
     def bytes(self, rows: Rows, size: int | None = None) -> npt.NDArray[Any]:
         """Length-prefixed bytes (``size`` None) or fixed-size bytes at ``rows``, as an object array."""
+        return self._slices(*self._span(rows, size))
+
+    def _span(
+        self, rows: Rows, size: int | None = None
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """Read a length (or take ``size``), check it against each row's end, advance: (starts, lengths)."""
         if size is None:
-            n = self.long(rows)
             p = self.pos[rows].copy()  # a view when rows is a slice
+            first = self.buf[p]
+            if int(first.max(initial=0)) < 0x80 and not (first & 1).any():  # short, non-negative lengths
+                start, n = p + 1, (first >> 1).astype(np.int64)
+                stop = start + n
+                over = stop > self.end[rows]
+                if over.any():
+                    n[over], stop[over] = 0, start[over]
+                    self.fail(rows, over)
+                self.pos[rows] = np.where(over, self.pos[rows], stop)
+                return start, n
+            n = self.long(rows)
+            p = self.pos[rows].copy()
             over = (n < 0) | (n > self.end[rows] - p)
             n[over] = 0
             self.fail(rows, over)
         else:
-            p = self.pos[rows].copy()  # a view when rows is a slice
+            p = self.pos[rows].copy()
             n = np.full(len(p), size, dtype=np.int64)
             self.fail(rows, n > self.end[rows] - p)
             n[self.bad[rows]] = 0
-        p = self.pos[rows].copy()  # a view when rows is a slice
+        p = self.pos[rows].copy()
         self.pos[rows] = p + n
-        return self._slices(p, n)
+        return p, n
 
     def _slices(self, starts: npt.NDArray[np.int64], lens: npt.NDArray[np.int64]) -> npt.NDArray[Any]:
         """``data[start:start+len]`` per row as bytes objects.
@@ -144,11 +168,45 @@ class Cursor:
 
     def string(self, rows: Rows) -> npt.NDArray[Any]:
         """UTF-8 strings at ``rows``; a row that is not valid UTF-8 is marked bad."""
-        raw = self.bytes(rows)
+        p, n = self._span(rows)
+        if len(n) and int(n.max()) < _SHORT:
+            return self._short_strings(rows, p, n)
+        raw = self._slices(p, n)
         try:
             return np.fromiter(map(bytes.decode, raw), dtype=object, count=len(raw))
         except UnicodeDecodeError:
             return self._decode_each(rows, raw)
+
+    def _short_strings(
+        self, rows: Rows, p: npt.NDArray[np.int64], n: npt.NDArray[np.int64]
+    ) -> npt.NDArray[Any]:
+        """Strings under 16 bytes (codes, countries, categories), decoded once per distinct value.
+
+        Each value and its length pack exactly into two uint64 words, so sorting the words finds the
+        distinct values without hashing or collisions; only those are decoded.
+        """
+        matrix = self.win16[p]
+        matrix[n[:, None] <= _AR16] = 0
+        matrix[:, _SHORT] = n
+        words = np.ascontiguousarray(matrix).view(np.uint64)
+        order = np.lexsort((words[:, 0], words[:, 1]))
+        ranked = words[order]
+        first = np.ones(len(order), dtype=np.bool_)
+        first[1:] = (ranked[1:] != ranked[:-1]).any(axis=1)
+        inverse = np.empty(len(order), dtype=np.intp)
+        inverse[order] = np.cumsum(first) - 1
+        starts, stops = p[order[first]].tolist(), (p + n)[order[first]].tolist()
+        texts = np.empty(len(starts), dtype=object)
+        broken = np.zeros(len(starts), dtype=np.bool_)
+        for i, (a, b) in enumerate(zip(starts, stops, strict=True)):
+            try:
+                texts[i] = self.data[a:b].decode()
+            except UnicodeDecodeError:
+                texts[i], broken[i] = "", True
+        if broken.any():
+            self.fail(rows, broken[inverse])
+        out: npt.NDArray[Any] = texts[inverse]
+        return out
 
     def _decode_each(self, rows: Rows, raw: npt.NDArray[Any]) -> npt.NDArray[Any]:
         out = np.empty(len(raw), dtype=object)
