@@ -1,0 +1,199 @@
+"""End-to-end benchmark through the real local broker: the streaming worker against a per-message loop.
+
+Workload: car-insurance events (``examples.car_insurance.generate``), the template graph with logistic
+regression (``examples.car_insurance.train``), Confluent framing with the schema registered in the registry.
+Needs ``KAFKA_BOOTSTRAP_SERVERS`` and ``SCHEMA_REGISTRY_URL`` (``make bench`` sets them); every topic, group
+and subject it creates is deleted at the end, every worker process it starts is stopped, also on failure.
+
+1. Pre-fill a 12-partition topic with ``EVENTS`` distinct events (fastavro ``schemaless_writer``).
+2. ``REPEATS`` times, side by side:
+   - one worker process (``python -m worker run``, fresh group, default batching) reads the topic from the
+     start. The clock starts when its ``/metrics`` first shows consumed events (polled every 5 ms; the
+     events counted then are left out) and stops when the group's committed offsets reach the end offsets
+     (polled every 20 ms; the worker commits every 100 ms, and only what its producer acknowledged), so it
+     covers consume, decode, score, encode, produce, acknowledgement and commit;
+   - the per-message baseline (bench/e2e_baseline.py) scores the next ``BASELINE_EVENTS`` of the same topic
+     in the benchmark process.
+3. A second worker scores a second topic fed at half the median worker rate for ``PACED_S`` seconds (the first
+   ``WARM_UP_S`` not counted); the delays are defined in bench/e2e_latency.py.
+
+Figures:
+- ``e2e_worker_events_per_s``, ``e2e_per_message_events_per_s`` (medians), ``e2e_speedup_vs_per_message``;
+- ``half_capacity_events_per_s`` (the rate offered) and ``half_capacity_events`` (events measured);
+- ``p50_/p99_in_worker_ms_at_half_capacity``: broker append of the event -> its score handed to the worker's
+  producer, per event, from Kafka timestamps;
+- ``p50_/p99_end_to_end_ms_at_half_capacity``: the paced producer's ``produce()`` -> the score read back;
+- ``p99_worker_histogram_ms_at_half_capacity``: the worker's own ``rtml_end_to_end_seconds`` over the same
+  window (broker append -> the end of the batch's produce calls; interpolated inside coarse buckets).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.e2e_baseline import PerMessageScorer
+from bench.e2e_kafka import GroupProgress, Scratch, encode_events, end_offsets, prefill
+from bench.e2e_latency import Delays, PacedProducer, ScoreReader, quantile_from_buckets
+from bench.e2e_worker import Samples, WorkerDied, WorkerProcess, total, worker_config
+from examples.car_insurance.generate import generate
+from examples.car_insurance.train import train
+from worker.graph import compile_graph, load_graph
+from worker.models import ModelStore
+
+EVENTS = 200_000
+PARTITIONS = 12
+REPEATS = 3
+BASELINE_EVENTS = 1_500
+MAX_WAIT_MS = 20  # the worker's default
+PACED_S = 23.0
+WARM_UP_S = 3.0
+DRAIN_TIMEOUT_S = 30.0
+RUN_TIMEOUT_S = 120.0
+
+
+class Bench:
+    """What the steps share: scratch names, the trained graph, the pre-filled topic and its end offsets."""
+
+    def __init__(self, scratch: Scratch, root: Path) -> None:
+        self.scratch, self.root = scratch, root
+        self.store = root / "store"
+        self.graph = train(pd.DataFrame(generate(5_000, seed=1)), root / "out", ModelStore(self.store),
+                           seed=1).graphs["lr"]  # fmt: skip
+        self.topics = (scratch.topic("events", PARTITIONS), scratch.topic("scores", PARTITIONS),
+                       scratch.topic("dead-letter", 3))  # fmt: skip
+        self.schema_id = scratch.register(self.topics[0])
+        events = generate(EVENTS, seed=11)
+        self.values = encode_events(events, self.schema_id)
+        self.keys = [event["ecid"].encode() for event in events]
+        prefill(scratch.bootstrap, self.topics[0], self.values, self.keys)
+        self.ends = end_offsets(scratch.bootstrap, self.topics[0])
+        if sum(self.ends.values()) != EVENTS:
+            raise RuntimeError(f"pre-filled topic holds {sum(self.ends.values())} events, not {EVENTS}")
+
+    def worker(self, what: str, topics: tuple[str, str, str], group: str) -> WorkerProcess:
+        s = self.scratch
+        config = worker_config(self.root / f"{what}.toml", bootstrap=s.bootstrap, registry_url=s.registry_url,
+                               group=group, topics=topics, graph=self.graph, store=self.store,
+                               max_wait_ms=MAX_WAIT_MS)  # fmt: skip
+        return WorkerProcess(config, self.root / f"{what}.log")
+
+    def worker_rate(self, repeat: int) -> float:
+        """Events per second of one worker over the pre-filled topic (see the module docstring)."""
+        group = self.scratch.group(f"worker-{repeat}")
+        progress = GroupProgress(self.scratch.bootstrap, group, self.topics[0], self.ends)
+        try:
+            with self.worker(f"worker-{repeat}", self.topics, group) as worker:
+                first = worker.wait_for("rtml_events_in_total", 1, every_s=0.005)
+                started = time.monotonic()
+                while any(progress.committed().get(p, -1) < end for p, end in self.ends.items()):
+                    worker.check_alive()
+                    if time.monotonic() - started > RUN_TIMEOUT_S:
+                        raise WorkerDied(f"not all committed after {RUN_TIMEOUT_S} s\n{worker.tail()}")
+                    time.sleep(0.02)
+                elapsed = time.monotonic() - started
+                _check_scored(worker.scrape(), EVENTS, worker)
+        finally:
+            progress.close()
+        return (EVENTS - first) / elapsed
+
+    def paced(self, rate: float) -> dict[str, float]:
+        """Latency figures of one worker fed at ``rate`` events per second (see bench/e2e_latency.py)."""
+        s = self.scratch
+        paced_events = s.topic("paced-events", PARTITIONS, log_append_time=True)
+        topics = (paced_events, s.topic("paced-scores", PARTITIONS), self.topics[2])
+        with self.worker("paced", topics, s.group("paced")) as worker:
+            worker.wait_for("rtml_assigned_partitions", PARTITIONS)
+            reader = ScoreReader(s.bootstrap, topics[1], PARTITIONS)
+            producer = PacedProducer(s.bootstrap, topics[0], self.values, self.keys, rate, PACED_S)
+            switch = sys.getswitchinterval()
+            sys.setswitchinterval(0.0005)  # the two threads must not hold each other's timestamps back
+            try:
+                reader.start()
+                producer.start()
+                time.sleep(WARM_UP_S)
+                before = worker.scrape()
+                producer.join()
+                after = worker.scrape()
+                _wait_scores(reader, producer, worker)
+            finally:
+                reader.stopping.set()
+                reader.join(DRAIN_TIMEOUT_S)
+                sys.setswitchinterval(switch)
+        delays = Delays.join(producer, reader, after=producer.started_at + WARM_UP_S)
+        in_worker = np.percentile(delays.in_worker_ms, [50, 99])
+        end_to_end = np.percentile(delays.end_to_end_ms, [50, 99])
+        return {
+            "half_capacity_events_per_s": round(rate),
+            "half_capacity_events": delays.sent,
+            "p50_in_worker_ms_at_half_capacity": round(float(in_worker[0]), 2),
+            "p99_in_worker_ms_at_half_capacity": round(float(in_worker[1]), 2),
+            "p50_end_to_end_ms_at_half_capacity": round(float(end_to_end[0]), 2),
+            "p99_end_to_end_ms_at_half_capacity": round(float(end_to_end[1]), 2),
+            "p99_worker_histogram_ms_at_half_capacity": round(_histogram_p99(before, after) * 1000, 2),
+        }
+
+
+def run() -> dict[str, float]:
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    registry_url = os.environ.get("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081/apis/ccompat/v7")
+    with tempfile.TemporaryDirectory() as tmp, Scratch(bootstrap, registry_url) as scratch:
+        bench = Bench(scratch, Path(tmp))
+        baseline = PerMessageScorer(scratch, compile_graph(load_graph(bench.graph), ModelStore(bench.store)),
+                                    (bench.topics[0], scratch.topic("per-message-scores", PARTITIONS),
+                                     bench.topics[2]), scratch.group("per-message"))  # fmt: skip
+        try:
+            baseline.warm_up()
+            worker_rates, baseline_rates = [], []
+            for repeat in range(REPEATS):
+                worker_rates.append(bench.worker_rate(repeat))
+                baseline_rates.append(baseline.timed(BASELINE_EVENTS))
+        finally:
+            baseline.close()
+        worker_rate = statistics.median(worker_rates)
+        per_message = statistics.median(baseline_rates)
+        figures: dict[str, float] = {
+            "e2e_worker_events_per_s": round(worker_rate),
+            "e2e_per_message_events_per_s": round(per_message),
+            "e2e_speedup_vs_per_message": round(worker_rate / per_message, 1),
+        }
+        figures.update(bench.paced(worker_rate / 2))
+    return figures
+
+
+def _check_scored(samples: Samples, events: int, worker: WorkerProcess) -> None:
+    """A run counts only if every event became a score (a worker that dead-letters everything is fast too)."""
+    out, dead = total(samples, "rtml_events_out_total"), total(samples, "rtml_dead_lettered_total")
+    if out < events or dead:
+        raise WorkerDied(f"{out:.0f} scores and {dead:.0f} dead letters for {events} events\n{worker.tail()}")
+
+
+def _wait_scores(reader: ScoreReader, producer: PacedProducer, worker: WorkerProcess) -> None:
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while len(reader.scores) < len(producer.delivered) and time.monotonic() < deadline:
+        worker.check_alive()
+        time.sleep(0.05)
+
+
+def _histogram_p99(before: Samples, after: Samples) -> float:
+    """p99 of ``rtml_end_to_end_seconds`` over the observations between two scrapes."""
+    buckets = sorted(
+        (float(dict(labels)["le"]), after[key] - before.get(key, 0.0))
+        for key in after
+        for name, labels in [key]
+        if name == "rtml_end_to_end_seconds_bucket"
+    )
+    return quantile_from_buckets([b for b, _ in buckets], [c for _, c in buckets], 0.99)
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run(), indent=2))
