@@ -112,6 +112,8 @@ def check_contract(leaves: Sequence[Leaf], graph: CompiledGraph) -> None:
         if leaf.nullable and not field.nullable:
             raise ConfigError(f"{where} is non-null in the graph but nullable in the reader schema",
                               field="input.reader_schema")  # fmt: skip
-        if leaf.dtype != physical(field.coltype):
-            raise ConfigError(f"{where} is {field.dtype} in the graph but {leaf.dtype} in the reader schema",
-                              field="input.reader_schema")  # fmt: skip
+        if leaf.dtype != (column := physical(field.coltype)):  # compare columns: int64? is a float64 column
+            message = (
+                f"{where} ({field.coltype}) needs a {column} column; the reader schema gives {leaf.dtype}"
+            )
+            raise ConfigError(message, field="input.reader_schema")
