@@ -27,13 +27,19 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from worker.errors import ConfigError
 
 # Settings that switch off TLS verification are refused outright: a scoring worker has no business with them.
 UNSAFE_LIBRDKAFKA = {
-    "enable.ssl.certificate.verification": {"false", "0"},
+    "enable.ssl.certificate.verification": {"false", "f", "0"},  # librdkafka reads "f" as false too
     "ssl.endpoint.identification.algorithm": {"none", ""},
 }
 # Settings the worker owns: passing them through would break its delivery guarantees.
@@ -267,6 +273,8 @@ def load_settings(path: Path | None = None) -> Settings:
         return Settings(**values)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    except SettingsError as exc:  # a variable that does not parse, e.g. bad JSON in RTML_KAFKA__EXTRA
+        raise ConfigError(f"invalid settings: {exc}") from None
 
 
 def _describe(exc: ValidationError) -> str:
