@@ -1,0 +1,375 @@
+"""Settings: TOML file and RTML_* environment, errors that name the field and its variable, refused
+librdkafka keys, secrets kept out of repr and error text, and the librdkafka dicts built at the boundary."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker.errors import ConfigError
+from worker.runtime.config import OWNED_LIBRDKAFKA, Settings, load_settings
+
+SECRET = "s3cr3t-Pa55-from-a-file"
+BASE = """
+group_id = "scorers"
+graph = "graphs/iris.json"
+
+[input]
+topics = ["events"]
+reader_schema = "schemas/in.avsc"
+framing = "plain"
+
+[output]
+topic = "scores"
+schema = "schemas/out.avsc"
+
+[dead_letter]
+topic = "dlq"
+
+[kafka]
+bootstrap_servers = "file-broker:9092"
+sasl_username = "svc"
+
+[batch]
+max_records = 500
+"""
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No RTML_* variable of the machine running the tests leaks in."""
+    for name in [n for n in os.environ if n.upper().startswith("RTML_")]:
+        monkeypatch.delenv(name)
+
+
+def config(tmp_path: Path, extra: str = "", base: str = BASE) -> Path:
+    path = tmp_path / "worker.toml"
+    path.write_text(base + "\n" + extra)
+    return path
+
+
+def error_of(path: Path | None) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    return caught.value
+
+
+def secret_file(tmp_path: Path) -> Path:
+    path = tmp_path / "sasl.password"
+    path.write_text(SECRET + "\n")
+    return path
+
+
+# --- sources and precedence ------------------------------------------------------------------------------
+
+
+def test_the_file_is_read_and_defaults_fill_the_rest(tmp_path: Path) -> None:
+    s = load_settings(config(tmp_path))
+    assert s.group_id == "scorers"
+    assert s.input.topics == ["events"] and s.input.framing == "plain"
+    assert s.input.reader_schema == Path("schemas/in.avsc")
+    assert s.output.schema_path == Path("schemas/out.avsc")
+    assert s.kafka.bootstrap_servers == "file-broker:9092"
+    assert s.batch.max_records == 500
+    assert s.batch.max_wait_ms == 20  # the default, next to a value from the same table
+    assert s.delivery == "at-least-once" and s.breaker.enabled
+
+
+def test_the_environment_overrides_the_file_field_by_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RTML_GROUP_ID", "from-env")
+    monkeypatch.setenv("RTML_KAFKA__BOOTSTRAP_SERVERS", "env-broker:9092")
+    monkeypatch.setenv("RTML_BATCH__MAX_WAIT_MS", "5")
+    monkeypatch.setenv("RTML_BREAKER__ENABLED", "false")
+    s = load_settings(config(tmp_path))
+    assert s.group_id == "from-env"
+    assert s.kafka.bootstrap_servers == "env-broker:9092"
+    assert s.kafka.sasl_username == "svc"  # a nested variable does not wipe the rest of the file's table
+    assert (s.batch.max_records, s.batch.max_wait_ms) == (500, 5)
+    assert not s.breaker.enabled
+
+
+def test_topics_from_the_environment_are_comma_separated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RTML_INPUT__TOPICS", " clicks, views ,,orders ")
+    assert load_settings(config(tmp_path)).input.topics == ["clicks", "views", "orders"]
+
+
+def test_settings_from_the_environment_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {
+        "RTML_GROUP_ID": "g",
+        "RTML_GRAPH": "g.json",
+        "RTML_INPUT__TOPICS": "a",
+        "RTML_INPUT__READER_SCHEMA": "in.avsc",
+        "RTML_OUTPUT__TOPIC": "out",
+        "RTML_OUTPUT__SCHEMA": "out.avsc",
+        "RTML_DEAD_LETTER__TOPIC": "dlq",
+        "RTML_DELIVERY": "exactly-once",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    s = load_settings()
+    assert (s.input.topics, s.output.schema_path, s.delivery) == (["a"], Path("out.avsc"), "exactly-once")
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    s = load_settings(config(tmp_path))
+    with pytest.raises(ValueError, match="frozen"):
+        s.group_id = "other"  # type: ignore[misc]
+
+
+# --- errors name the field and its variable --------------------------------------------------------------
+
+
+def test_a_bad_value_names_the_dotted_field_and_the_variable(tmp_path: Path) -> None:
+    error = error_of(config(tmp_path, base=BASE.replace("max_records = 500", "max_records = 0")))
+    assert "batch.max_records:" in str(error)
+    assert "RTML_BATCH__MAX_RECORDS" in str(error)
+    assert error.__cause__ is None and error.__suppress_context__  # pydantic's input echo stays out
+
+
+def test_missing_fields_are_each_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RTML_GROUP_ID", "g")
+    message = str(error_of(None))
+    for field, variable in [
+        ("input", "RTML_INPUT"),
+        ("output", "RTML_OUTPUT"),
+        ("dead_letter", "RTML_DEAD_LETTER"),
+        ("graph", "RTML_GRAPH"),
+    ]:
+        assert f"{field}: Field required (env {variable})" in message
+    assert "group_id" not in message
+
+
+def test_a_bad_value_from_the_environment_names_its_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RTML_DELIVERY", "exactly-twice")
+    message = str(error_of(config(tmp_path)))
+    assert "delivery:" in message and "RTML_DELIVERY" in message
+
+
+def test_an_unknown_key_is_refused_by_name(tmp_path: Path) -> None:
+    message = str(error_of(config(tmp_path, base=BASE.replace("[batch]", "[batch]\nmax_recrods = 1"))))
+    assert "batch.max_recrods:" in message and "not permitted" in message
+
+
+def test_a_bad_json_value_in_the_environment_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RTML_KAFKA__EXTRA", f'{{"sasl.password": "{SECRET}"')  # not JSON: unclosed
+    error = error_of(config(tmp_path))
+    assert 'field "kafka"' in str(error)
+    assert SECRET not in str(error) and error.__cause__ is None and error.__suppress_context__
+
+
+def test_an_unreadable_config_file_and_invalid_toml(tmp_path: Path) -> None:
+    missing = error_of(tmp_path / "nope.toml")
+    assert missing.field == "--config" and "nope.toml" in str(missing)
+    broken = error_of(config(tmp_path, "[batch\nmax_records = 1"))
+    assert broken.field == "--config" and "not valid TOML" in str(broken)
+
+
+# --- refused librdkafka settings ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("enable.ssl.certificate.verification", "false"),
+        ("enable.ssl.certificate.verification", " FALSE "),
+        ("enable.ssl.certificate.verification", "0"),
+        ("enable.ssl.certificate.verification", "f"),  # librdkafka reads t/f as booleans too
+        ("enable.ssl.certificate.verification", "F"),
+        ("ssl.endpoint.identification.algorithm", "none"),
+        ("ssl.endpoint.identification.algorithm", "None"),
+        ("ssl.endpoint.identification.algorithm", ""),
+    ],
+)
+def test_switching_off_tls_verification_is_refused(tmp_path: Path, key: str, value: str) -> None:
+    message = str(error_of(config(tmp_path, f'[kafka.extra]\n"{key}" = "{value}"')))
+    assert f"extra.{key}" in message and "TLS verification" in message
+    assert "RTML_KAFKA" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("enable.ssl.certificate.verification", "true"), ("ssl.endpoint.identification.algorithm", "https")],
+)
+def test_keeping_tls_verification_on_is_allowed(tmp_path: Path, key: str, value: str) -> None:
+    s = load_settings(config(tmp_path, f'[kafka.extra]\n"{key}" = "{value}"'))
+    assert s.consumer_config()[key] == value
+
+
+def test_tls_off_from_the_environment_is_refused_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RTML_KAFKA__EXTRA", json.dumps({"enable.ssl.certificate.verification": "false"}))
+    assert "TLS verification" in str(error_of(config(tmp_path)))
+
+
+@pytest.mark.parametrize("key", sorted(OWNED_LIBRDKAFKA))
+def test_keys_the_worker_owns_are_refused(tmp_path: Path, key: str) -> None:
+    message = str(error_of(config(tmp_path, f'[kafka.extra]\n"{key}" = "x"')))
+    assert f"extra.{key} is set by the worker itself" in message
+
+
+def test_other_librdkafka_keys_pass_through_to_both_clients(tmp_path: Path) -> None:
+    s = load_settings(config(tmp_path, '[kafka.extra]\n"socket.keepalive.enable" = "true"'))
+    assert s.consumer_config()["socket.keepalive.enable"] == "true"
+    assert s.producer_config()["socket.keepalive.enable"] == "true"
+
+
+def test_sasl_needs_a_mechanism(tmp_path: Path) -> None:
+    base = BASE.replace('sasl_username = "svc"', 'sasl_username = "svc"\nsecurity_protocol = "SASL_SSL"')
+    message = str(error_of(config(tmp_path, base=base)))
+    assert "sasl_mechanism is required with security_protocol SASL_SSL" in message
+
+
+# --- secrets ---------------------------------------------------------------------------------------------
+
+
+def sasl(tmp_path: Path, password_line: str) -> str:
+    return BASE.replace(
+        'sasl_username = "svc"',
+        f'sasl_username = "svc"\nsecurity_protocol = "SASL_SSL"\nsasl_mechanism = "PLAIN"\n{password_line}',
+    )
+
+
+def test_a_secret_from_a_file_reaches_librdkafka_and_nothing_else(tmp_path: Path) -> None:
+    path = secret_file(tmp_path)
+    s = load_settings(config(tmp_path, base=sasl(tmp_path, f'sasl_password_file = "{path}"')))
+    assert s.consumer_config()["sasl.password"] == SECRET  # read at the boundary, newline stripped
+    assert s.producer_config()["sasl.password"] == SECRET
+    for text in (repr(s), str(s), repr(s.kafka), s.model_dump_json()):
+        assert SECRET not in text
+
+
+def test_a_secret_from_a_file_stays_out_of_the_error_text(tmp_path: Path) -> None:
+    path = secret_file(tmp_path)
+    base = sasl(tmp_path, f'sasl_password_file = "{path}"').replace("max_records = 500", "max_records = -1")
+    error = error_of(config(tmp_path, base=base))
+    assert "batch.max_records" in str(error)
+    assert SECRET not in str(error) and SECRET not in repr(error)
+
+
+def test_an_inline_secret_stays_out_of_repr_and_error_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RTML_KAFKA__SASL_PASSWORD", SECRET)
+    monkeypatch.setenv("RTML_SCHEMA_REGISTRY__BEARER_TOKEN", SECRET)
+    s = load_settings(config(tmp_path, base=sasl(tmp_path, "")))
+    assert SECRET not in repr(s)
+    assert s.consumer_config()["sasl.password"] == SECRET and s.schema_registry.token() == SECRET
+    monkeypatch.setenv("RTML_BATCH__MAX_RECORDS", "lots")
+    error = error_of(config(tmp_path, base=sasl(tmp_path, "")))
+    assert "RTML_BATCH__MAX_RECORDS" in str(error) and SECRET not in str(error)
+
+
+def test_a_secret_under_a_misspelt_key_is_not_echoed(tmp_path: Path) -> None:
+    error = error_of(config(tmp_path, base=sasl(tmp_path, f'sasl_pasword = "{SECRET}"')))
+    assert "kafka.sasl_pasword" in str(error) and SECRET not in str(error)
+
+
+def test_a_secret_of_the_wrong_type_is_not_echoed(tmp_path: Path) -> None:
+    error = error_of(config(tmp_path, f'[schema_registry]\nbasic_auth_user_info = ["user:{SECRET}"]'))
+    assert "schema_registry.basic_auth_user_info" in str(error) and SECRET not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ("kafka", "sasl_password_file"),
+        ("kafka", "ssl_key_password_file"),
+        ("schema_registry", "basic_auth_user_info_file"),
+        ("schema_registry", "bearer_token_file"),
+    ],
+)
+def test_an_unreadable_secret_file_is_named_at_load(tmp_path: Path, table: str, key: str) -> None:
+    missing = tmp_path / "no-such-secret"
+    line = f'{key} = "{missing}"'
+    base = BASE.replace("[kafka]", f"[kafka]\n{line}") if table == "kafka" else f"{BASE}\n[{table}]\n{line}"
+    error = error_of(config(tmp_path, base=base))
+    assert f"{key}: cannot read {missing}" in str(error)
+
+
+def test_registry_secrets_come_from_files(tmp_path: Path) -> None:
+    user_info, token = tmp_path / "ui", tmp_path / "tok"
+    user_info.write_text("user:pw\n")
+    token.write_text(f"  {SECRET}  \n")
+    secrets = f'basic_auth_user_info_file = "{user_info}"\nbearer_token_file = "{token}"'
+    s = load_settings(config(tmp_path, f"[schema_registry]\n{secrets}"))
+    assert (s.schema_registry.user_info(), s.schema_registry.token()) == ("user:pw", SECRET)
+    assert SECRET not in repr(s)
+
+
+# --- the librdkafka dicts ----------------------------------------------------------------------------------
+
+
+def with_kafka(tmp_path: Path, **values: Any) -> Settings:
+    lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+    return load_settings(config(tmp_path, base=BASE.replace("[kafka]", f"[kafka]\n{lines}")))
+
+
+def test_the_consumer_commits_only_what_the_worker_stores(tmp_path: Path) -> None:
+    consumer = with_kafka(tmp_path).consumer_config()
+    assert consumer["group.id"] == "scorers"
+    assert consumer["bootstrap.servers"] == "file-broker:9092"
+    assert consumer["enable.auto.commit"] is False
+    assert consumer["enable.auto.offset.store"] is False
+    assert consumer["isolation.level"] == "read_committed"
+    assert consumer["partition.assignment.strategy"] == "cooperative-sticky"
+    assert "group.protocol" not in consumer
+    assert "sasl.password" not in consumer  # absent settings are left out, not passed as "None"
+
+
+def test_the_kip848_protocol_leaves_the_assignment_to_the_broker(tmp_path: Path) -> None:
+    consumer = with_kafka(tmp_path, group_protocol="consumer").consumer_config()
+    assert consumer["group.protocol"] == "consumer"
+    assert "partition.assignment.strategy" not in consumer
+    assert consumer["enable.auto.commit"] is False
+
+
+def test_the_producer_is_idempotent_and_not_transactional_by_default(tmp_path: Path) -> None:
+    producer = with_kafka(tmp_path).producer_config()
+    assert producer["enable.idempotence"] is True and producer["acks"] == "all"
+    assert "transactional.id" not in producer and "transaction.timeout.ms" not in producer
+    assert "group.id" not in producer
+
+
+def test_exactly_once_gives_the_producer_a_transactional_id(tmp_path: Path) -> None:
+    default = load_settings(config(tmp_path, base='delivery = "exactly-once"\n' + BASE))
+    producer = default.producer_config()
+    assert producer["transactional.id"] == f"scorers-{socket.gethostname()}"
+    assert producer["transaction.timeout.ms"] == 15_000
+    assert producer["enable.idempotence"] is True
+
+
+def test_an_explicit_transactional_id_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RTML_DELIVERY", "exactly-once")
+    monkeypatch.setenv("RTML_TRANSACTIONAL_ID", "scorer-pod-3")
+    monkeypatch.setenv("RTML_TRANSACTION_TIMEOUT_MS", "60000")
+    producer = load_settings(config(tmp_path)).producer_config()
+    assert (producer["transactional.id"], producer["transaction.timeout.ms"]) == ("scorer-pod-3", 60_000)
+
+
+def test_tls_paths_and_secrets_map_to_librdkafka_names(tmp_path: Path) -> None:
+    key_password = tmp_path / "key.pw"
+    key_password.write_text("kpw\n")
+    s = with_kafka(
+        tmp_path,
+        security_protocol="SSL",
+        ssl_ca_location="/etc/ca.pem",
+        ssl_certificate_location="/etc/c.pem",
+        ssl_key_location="/etc/k.pem",
+        ssl_key_password_file=str(key_password),
+    )
+    config_ = s.consumer_config()
+    assert config_["security.protocol"] == "SSL"
+    assert (config_["ssl.ca.location"], config_["ssl.key.password"]) == ("/etc/ca.pem", "kpw")
+    assert (config_["ssl.certificate.location"], config_["ssl.key.location"]) == ("/etc/c.pem", "/etc/k.pem")
