@@ -20,20 +20,22 @@ Header = tuple[str, bytes]
 ERRORS = "rtml.errors."
 
 
+OFFSET = "rtml.source.offset"
+
+
 def lineage_constants(graph_digest: str, model_ids: Sequence[str]) -> list[Header]:
     """The headers shared by every score of one graph: built once per graph, not per event."""
     return [("rtml.graph.digest", graph_digest.encode()), ("rtml.model.ids", ",".join(model_ids).encode())]
 
 
-def lineage(
-    topic: bytes, partition: bytes, offset: int, schema_id: int | None, constants: list[Header]
-) -> list[Header]:
-    """The headers of one score; ``topic`` and ``partition`` come pre-encoded once per batch."""
-    headers = [("rtml.source.topic", topic), ("rtml.source.partition", partition),
-               ("rtml.source.offset", b"%d" % offset), *constants]  # fmt: skip
-    if schema_id is not None:
-        headers.append(("rtml.schema.id", b"%d" % schema_id))
-    return headers
+def source(topic: str, partition: int) -> tuple[Header, Header]:
+    """The first two lineage headers, shared by every score of one input partition."""
+    return (("rtml.source.topic", topic.encode()), ("rtml.source.partition", b"%d" % partition))
+
+
+def schema_id(raw_id: bytes) -> list[Header]:
+    """The writer schema header from the 4 id bytes of the Confluent framing (none without framing)."""
+    return [("rtml.schema.id", b"%d" % int.from_bytes(raw_id, "big"))] if raw_id else []
 
 
 def dead_letter(error: RecordError, original: Sequence[Header] | None) -> list[Header]:

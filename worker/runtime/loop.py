@@ -29,10 +29,8 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections import Counter
 from collections.abc import Callable
 from types import FrameType
-from typing import cast
 
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -43,7 +41,7 @@ from worker.runtime.breaker import CircuitBreaker
 from worker.runtime.config import Settings
 from worker.runtime.health import Health
 from worker.runtime.metrics import Metrics
-from worker.runtime.pipeline import Pipeline, Processed, by_topic
+from worker.runtime.pipeline import Meta, Pipeline, Processed, by_topic
 from worker.runtime.tracker import CommitTracker, InFlight
 
 log = logging.getLogger("worker.runtime")
@@ -79,6 +77,7 @@ class Worker:
         self._last_commit = time.monotonic()
         self._last_lag = 0.0
         self._lineage = headers.lineage_constants(pipeline.graph.digest, pipeline.graph.model_ids)
+        self._tails: dict[bytes, tuple[tuple[str, bytes], ...]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -172,32 +171,31 @@ class Worker:
         if self.breaker.open:
             return  # tripped: nothing more goes out or gets committed
         started = time.perf_counter()
-        result = self.pipeline.process(batch)
-        if not self._admit(batch, result):
+        meta = Meta.of(batch)
+        result = self.pipeline.process(meta)
+        if not self._admit(meta, result):
             return
-        for topic, n in Counter(m.topic() for m in batch).items():
-            self.metrics.events_in(cast(str, topic), n)
+        for topic, at in by_topic(meta.topics):
+            self.metrics.events_in(topic, len(at))
         if self.exactly_once:
-            self._produce_transaction(batch, result)
+            self._produce_transaction(batch, meta, result)
         else:
-            self._produce(batch, result, self._track(batch, len(result.score_values) + len(result.errors)))
+            self._produce(batch, meta, result, self._track(meta, len(batch)))
         self.metrics.events_out(len(result.score_values))
         self.metrics.observe_batch(len(batch), time.perf_counter() - started)
-        stamps = np.fromiter((m.timestamp()[1] for m in batch), np.float64, len(batch))
-        stamps[stamps < 0] = np.nan  # no timestamp: not observed
-        self.metrics.observe_end_to_end(time.time() - stamps / 1000)
+        self.metrics.observe_end_to_end(time.time() - meta.timestamps_ms / 1000)
 
     def _use(self, pipeline: Pipeline) -> None:
         self.pipeline, self._next_pipeline = pipeline, None
         self._lineage = headers.lineage_constants(pipeline.graph.digest, pipeline.graph.model_ids)
+        self._tails = {}
         log.info("new graph in use", extra={"graph_digest": pipeline.graph.digest})
 
-    def _admit(self, batch: list[Message], result: Processed) -> bool:
-        invalid = np.zeros(len(batch), dtype=np.bool_)
+    def _admit(self, meta: Meta, result: Processed) -> bool:
+        invalid = np.zeros(len(meta.topics), dtype=np.bool_)
         invalid[list(result.errors)] = True
-        partitions = np.fromiter((m.partition() for m in batch), np.int64, len(batch))
-        topics: list[str] = [m.topic() for m in batch]  # type: ignore[misc]  # consumed: never None
-        if all(self.breaker.admit(t, partitions[at], invalid[at]) for t, at in by_topic(topics)):
+        parts = meta.partitions
+        if all(self.breaker.admit(t, parts[at], invalid[at]) for t, at in by_topic(meta.topics)):
             return True
         log.error("circuit breaker open: pausing, nothing more is produced or committed",
                   extra={"reason": self.breaker.reason})  # fmt: skip
@@ -208,29 +206,47 @@ class Worker:
 
     # --- producing --------------------------------------------------------------------------------------
 
-    def _track(self, batch: list[Message], outputs: int) -> InFlight | None:
+    def _track(self, meta: Meta, outputs: int) -> InFlight | None:
         if self.settings.unsafe_commit_on_receipt:
             return None
-        in_flight = InFlight(_next_offsets(batch), outstanding=outputs)
+        in_flight = InFlight(meta.next_offsets(), outstanding=outputs)
         self.tracker.track(in_flight)
         return in_flight
 
-    def _produce(self, batch: list[Message], result: Processed, in_flight: InFlight | None) -> None:
+    def _produce(
+        self, batch: list[Message], meta: Meta, result: Processed, in_flight: InFlight | None
+    ) -> None:
+        """One produce call per output: the only per-event Python left, kept to list lookups."""
         on_delivery = in_flight.on_delivery if in_flight is not None else _check_delivery
-        out = self.settings.output
+        topic = self.settings.output.topic
+        by_source = self.settings.output.partitioning == "source"
         out_partitions = self._output_partitions()
+        rows = result.score_rows.tolist()
+        parts = meta.partitions[result.score_rows].tolist()
+        offsets = meta.offsets[result.score_rows].tolist()
+        keys, values = meta.keys, meta.values
+        source = {(t, p): headers.source(t, p) for t, p in meta.next_offsets()}
+        schema_tail = self._schema_tail
+        produce = self.producer.produce
         confluent = self.settings.input.framing == "confluent"
-        encoded_tp: dict[TP, tuple[bytes, bytes]] = {}
-        for row, value in zip(result.score_rows.tolist(), result.score_values, strict=True):
-            message = batch[row]
-            tp = (message.topic(), message.partition())
-            names = encoded_tp.get(tp) or encoded_tp.setdefault(tp, (tp[0].encode(), b"%d" % tp[1]))
-            raw = message.value()
-            schema_id = int.from_bytes(raw[1:5], "big") if confluent and raw else None
-            hdrs = headers.lineage(names[0], names[1], message.offset(), schema_id, self._lineage)
-            partition = tp[1] % out_partitions if out.partitioning == "source" else -1
-            self._send(out.topic, value, message.key(), partition, hdrs, on_delivery)
+        for k, value in enumerate(result.score_values):
+            row, part = rows[k], parts[k]
+            raw = values[row]
+            tail = schema_tail(raw[1:5] if confluent and raw else b"")
+            hdrs = [*source[(meta.topics[row], part)], (headers.OFFSET, b"%d" % offsets[k]), *tail]
+            partition = part % out_partitions if by_source else -1
+            try:
+                produce(topic, value, keys[row], partition=partition, headers=hdrs, on_delivery=on_delivery)  # type: ignore[arg-type]
+            except BufferError:  # the local queue is full: serve deliveries, then try again
+                self._send(topic, value, keys[row], partition, hdrs, on_delivery)
         self._dead_letter(result.errors, batch, on_delivery)
+
+    def _schema_tail(self, schema_id: bytes) -> tuple[tuple[str, bytes], ...]:
+        """The constant headers after the offset: graph, models and the writer schema id (cached per id)."""
+        tail = self._tails.get(schema_id)
+        if tail is None:
+            tail = self._tails[schema_id] = (*self._lineage, *headers.schema_id(schema_id))
+        return tail
 
     def _dead_letter(
         self, errors: dict[int, RecordError], batch: list[Message], on_delivery: Callable[..., None]
@@ -271,11 +287,11 @@ class Worker:
             cached = self._out_partitions = len(topic.partitions)
         return int(cached)
 
-    def _produce_transaction(self, batch: list[Message], result: Processed) -> None:
+    def _produce_transaction(self, batch: list[Message], meta: Meta, result: Processed) -> None:
         try:
             self.producer.begin_transaction()
-            self._produce(batch, result, None)
-            commit_offsets = [TopicPartition(t, p, o) for (t, p), o in _next_offsets(batch).items()]
+            self._produce(batch, meta, result, None)
+            commit_offsets = [TopicPartition(t, p, o) for (t, p), o in meta.next_offsets().items()]
             started = time.perf_counter()
             self.producer.send_offsets_to_transaction(
                 commit_offsets, self.consumer.consumer_group_metadata(), 30
@@ -421,14 +437,6 @@ class Worker:
 def _check_delivery(error: KafkaError | None, _message: Message) -> None:
     if error is not None:
         raise FatalError(f"an output was not delivered: {error}")
-
-
-def _next_offsets(batch: list[Message]) -> dict[TP, int]:
-    """Per partition, the offset after the batch's last message of it: the batch's commit point."""
-    points: dict[TP, int] = {}
-    for message in batch:
-        points[(cast(str, message.topic()), cast(int, message.partition()))] = cast(int, message.offset()) + 1
-    return points
 
 
 def _names(partitions: list[TopicPartition]) -> list[str]:

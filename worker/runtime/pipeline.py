@@ -26,6 +26,41 @@ Rows = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
+class Meta:
+    """What the loop and the stages need of one batch's messages, read from them once (per batch)."""
+
+    topics: list[str]
+    partitions: Rows
+    offsets: Rows
+    keys: list[bytes | None]
+    values: list[bytes | None]
+    timestamps_ms: npt.NDArray[np.float64]  # NaN where the message has none
+
+    @classmethod
+    def of(cls, messages: Sequence[Message]) -> Meta:
+        n = len(messages)
+        stamps = np.fromiter((m.timestamp()[1] for m in messages), np.float64, n)
+        stamps[stamps < 0] = np.nan
+        return cls(
+            topics=[m.topic() for m in messages],  # type: ignore[misc]  # consumed: never None
+            partitions=np.fromiter((m.partition() for m in messages), np.int64, n),
+            offsets=np.fromiter((m.offset() for m in messages), np.int64, n),
+            keys=[m.key() for m in messages],
+            values=[m.value() for m in messages],
+            timestamps_ms=stamps,
+        )
+
+    def next_offsets(self) -> dict[tuple[str, int], int]:
+        """Per partition, the offset after the batch's last message of it: the batch's commit point."""
+        points: dict[tuple[str, int], int] = {}
+        for topic, at in by_topic(self.topics):
+            parts, offs = self.partitions[at], self.offsets[at]
+            for p in np.unique(parts).tolist():
+                points[(topic, p)] = int(offs[parts == p].max()) + 1
+        return points
+
+
+@dataclass(frozen=True)
 class Processed:
     """The outcome of one batch: ``score_values[k]`` is the score of message ``score_rows[k]``."""
 
@@ -50,29 +85,24 @@ class Pipeline:
         self.encoder = encoder
         self.on_node = on_node
 
-    def process(self, messages: Sequence[Message]) -> Processed:
-        """Score ``messages`` (no message carries an error); never raises for a bad row."""
-        n = len(messages)
-        topics: list[str] = [m.topic() for m in messages]  # type: ignore[misc]  # consumed: never None
-        partitions = np.fromiter((m.partition() for m in messages), np.int64, n)
-        offsets = np.fromiter((m.offset() for m in messages), np.int64, n)
-        values = [m.value() for m in messages]
+    def process(self, meta: Meta) -> Processed:
+        """Score one batch (no message carries an error); never raises for a bad row."""
         rows: list[Rows] = []
         scores: list[bytes] = []
         errors: dict[int, RecordError] = {}
-        for topic, at in by_topic(topics):
-            got = self._process_topic(topic, [values[i] for i in at], partitions[at], offsets[at])
+        for topic, at in by_topic(meta.topics):
+            values = meta.values if len(at) == len(meta.values) else [meta.values[i] for i in at.tolist()]
+            got = self._process_topic(topic, values, meta.partitions[at], meta.offsets[at])
             rows.append(at[got.score_rows])
             scores.extend(got.score_values)
             errors.update((int(at[i]), e) for i, e in got.errors.items())
         for i, error in errors.items():  # provenance for the dead-letter envelope; bad rows are few
-            message = messages[i]
             error.topic, error.partition, error.offset = (
-                message.topic(),
-                message.partition(),
-                message.offset(),
+                meta.topics[i],
+                int(meta.partitions[i]),
+                int(meta.offsets[i]),
             )
-            error.key, error.value = message.key(), message.value()
+            error.key, error.value = meta.keys[i], meta.values[i]
         score_rows = rows[0] if len(rows) == 1 else np.concatenate(rows) if rows else np.empty(0, np.int64)
         return Processed(score_rows, scores, errors)
 
