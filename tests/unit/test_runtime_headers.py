@@ -4,12 +4,20 @@ values left out, the class of the underlying exception)."""
 from __future__ import annotations
 
 from worker.errors import DecodeError, EncodeError, RecordError, ScoringError
-from worker.runtime.headers import ERRORS, dead_letter, decode_headers, lineage, lineage_constants
+from worker.runtime.headers import (
+    ERRORS,
+    dead_letter,
+    decode_headers,
+    lineage,
+    lineage_constants,
+    schema_id,
+    source,
+)
 
 
 def test_lineage_names_the_source_and_what_computed_the_score() -> None:
     constants = lineage_constants("sha256:abc", ["gbt@3", "lr@1"])
-    headers = lineage(b"events", b"7", 123456789012, 42, constants)
+    headers = lineage(source("events", 7), 123456789012, [*constants, *schema_id(b"\x00\x00\x00\x2a")])
     assert headers == [
         ("rtml.source.topic", b"events"),
         ("rtml.source.partition", b"7"),
@@ -22,7 +30,7 @@ def test_lineage_names_the_source_and_what_computed_the_score() -> None:
 
 
 def test_lineage_without_a_schema_id_and_without_models() -> None:
-    headers = decode_headers(lineage(b"t", b"0", 0, None, lineage_constants("d", [])))
+    headers = decode_headers(lineage(source("t", 0), 0, [*lineage_constants("d", []), *schema_id(b"")]))
     assert headers == {
         "rtml.source.topic": "t",
         "rtml.source.partition": "0",
@@ -34,8 +42,8 @@ def test_lineage_without_a_schema_id_and_without_models() -> None:
 
 def test_lineage_does_not_share_its_list_between_scores() -> None:
     constants = lineage_constants("d", ["m"])
-    first = lineage(b"t", b"0", 1, None, constants)
-    second = lineage(b"t", b"0", 2, 5, constants)
+    first = lineage(source("t", 0), 1, constants)
+    second = lineage(source("t", 0), 2, [*constants, *schema_id(b"\x00\x00\x00\x05")])
     assert first is not second and len(first) == 5 and len(second) == 6
     assert len(constants) == 2  # appending the schema id never touches the shared constants
 

@@ -33,6 +33,11 @@ def source(topic: str, partition: int) -> tuple[Header, Header]:
     return (("rtml.source.topic", topic.encode()), ("rtml.source.partition", b"%d" % partition))
 
 
+def lineage(source: tuple[Header, Header], offset: int, tail: Sequence[Header]) -> list[Header]:
+    """The headers of one score: its partition's ``source`` pair, its offset, then the shared ``tail``."""
+    return [*source, (OFFSET, b"%d" % offset), *tail]
+
+
 def schema_id(raw_id: bytes) -> list[Header]:
     """The writer schema header from the 4 id bytes of the Confluent framing (none without framing)."""
     return [("rtml.schema.id", b"%d" % int.from_bytes(raw_id, "big"))] if raw_id else []

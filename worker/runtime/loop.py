@@ -233,7 +233,7 @@ class Worker:
             row, part = rows[k], parts[k]
             raw = values[row]
             tail = schema_tail(raw[1:5] if confluent and raw else b"")
-            hdrs = [*source[(meta.topics[row], part)], (headers.OFFSET, b"%d" % offsets[k]), *tail]
+            hdrs = headers.lineage(source[(meta.topics[row], part)], offsets[k], tail)
             partition = part % out_partitions if by_source else -1
             try:
                 produce(topic, value, keys[row], partition=partition, headers=hdrs, on_delivery=on_delivery)  # type: ignore[arg-type]
