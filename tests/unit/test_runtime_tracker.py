@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pytest
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import KafkaError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.runtime.loop import _next_offsets
 from worker.runtime.tracker import CommitTracker, InFlight, TopicPartition
 
 A0: TopicPartition = ("in", 0)
@@ -142,52 +141,49 @@ def test_pending_for_is_true_only_while_outputs_of_those_partitions_are_in_fligh
     assert not tracker.pending_for([A0, A1])
 
 
-def test_next_offsets_of_a_batch_are_one_past_the_last_message_of_each_partition() -> None:
-    batch = [
-        Message(topic="in", partition=0, offset=4),
-        Message(topic="in", partition=1, offset=9),
-        Message(topic="in", partition=0, offset=7),  # gaps: compaction, transaction markers
-        Message(topic="other", partition=0, offset=1),
-    ]
-    assert _next_offsets(batch) == {A0: 8, A1: 10, ("other", 0): 2}
-
-
 # --- property: never skip an unacknowledged message ------------------------------------------------------
 
-PARTITIONS = [("in", 0), ("in", 1), ("in", 2), ("side", 0)]
+PARTITIONS: list[TopicPartition] = [("in", 0), ("in", 1), ("in", 2), ("side", 0)]
+Consumed = tuple[TopicPartition, int]  # a message: its partition and offset
+Step = tuple[str, int, int]  # ("track", batch, 0) or ("ack", batch, output)
+
+
+def commit_points(batch: list[Consumed]) -> dict[TopicPartition, int]:
+    """What the loop hands the tracker: per partition, one past the batch's last offset of it."""
+    return {tp: offset + 1 for tp, offset in batch}
 
 
 @st.composite
-def schedules(draw: st.DrawFn) -> tuple[list[list[Message]], list[tuple[str, int, int]]]:
+def schedules(draw: st.DrawFn) -> tuple[list[list[Consumed]], list[Step]]:
     """Batches of messages over a few partitions (offsets rising with gaps), and an interleaving of
     "track the next batch" and "acknowledge output k of batch b" steps, acknowledgements in random order."""
     sizes = draw(st.lists(st.integers(1, 8), min_size=1, max_size=8))
     offsets = {tp: draw(st.integers(0, 100)) for tp in PARTITIONS}
-    batches: list[list[Message]] = []
+    batches: list[list[Consumed]] = []
     for size in sizes:
-        batch = []
+        batch: list[Consumed] = []
         for _ in range(size):
             tp = draw(st.sampled_from(PARTITIONS))
             offsets[tp] += draw(st.integers(1, 3))
-            batch.append(Message(topic=tp[0], partition=tp[1], offset=offsets[tp]))
+            batch.append((tp, offsets[tp]))
         batches.append(batch)
-    steps: list[tuple[str, int, int]] = []
-    tracked_n, unacked = 0, []  # (batch, output) pairs tracked but not acknowledged
+    steps: list[Step] = []
+    tracked_n, unacked = 0, list[tuple[int, int]]()  # (batch, output) tracked but not acknowledged
     while tracked_n < len(batches) or unacked:
         if tracked_n < len(batches) and (not unacked or draw(st.booleans())):
             steps.append(("track", tracked_n, 0))
             unacked.extend((tracked_n, k) for k in range(len(batches[tracked_n])))
             tracked_n += 1
         else:
-            pick = unacked.pop(draw(st.integers(0, len(unacked) - 1)))
-            steps.append(("ack", *pick))
+            b, k = unacked.pop(draw(st.integers(0, len(unacked) - 1)))
+            steps.append(("ack", b, k))
     return batches, steps
 
 
 @settings(max_examples=300, deadline=None)
 @given(schedules())
 def test_commit_points_never_pass_an_unacknowledged_message(
-    schedule: tuple[list[list[Message]], list[tuple[str, int, int]]],
+    schedule: tuple[list[list[Consumed]], list[Step]],
 ) -> None:
     batches, steps = schedule
     tracker = CommitTracker()
@@ -196,22 +192,23 @@ def test_commit_points_never_pass_an_unacknowledged_message(
     committed: dict[TopicPartition, int] = {}
     for step, b, k in steps:
         if step == "track":
-            batch = batches[b]
-            in_flight.append(InFlight(_next_offsets(batch), outstanding=len(batch)))  # one output each
+            in_flight.append(
+                InFlight(commit_points(batches[b]), outstanding=len(batches[b]))
+            )  # 1 output each
             tracker.track(in_flight[-1])
-            for m in batch:
-                unacked[(m.topic(), m.partition())].add(m.offset())
+            for tp, offset in batches[b]:
+                unacked[tp].add(offset)
         else:
-            message = batches[b][k]
-            unacked[(message.topic(), message.partition())].remove(message.offset())
-            in_flight[b].on_delivery(None, message)
+            tp, offset = batches[b][k]
+            unacked[tp].remove(offset)
+            ack(in_flight[b])
         for tp, point in tracker.advance().items():
             assert point >= committed.get(tp, 0), "a commit point went backwards"
             committed[tp] = point
             if unacked[tp]:
                 assert point <= min(unacked[tp]), f"{tp} committed past an unacknowledged offset"
     assert tracker.empty and tracker.outstanding == 0 and tracker.failed() is None
-    last = {(m.topic(), m.partition()): m.offset() for batch in batches for m in batch}
+    last = {tp: offset for batch in batches for tp, offset in batch}
     assert committed == {tp: offset + 1 for tp, offset in last.items()}
 
 
