@@ -62,3 +62,16 @@ def test_topics_match_the_demo(compose: dict[str, Any]) -> None:
     assert {env["RTML_INPUT__TOPICS"], env["RTML_OUTPUT__TOPIC"], env["RTML_DEAD_LETTER__TOPIC"]} == set(
         TOPICS
     )
+
+
+def test_worker_environment_is_a_valid_worker_config(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.runtime.config import load_settings
+
+    for name, value in compose["services"]["worker"]["environment"].items():
+        monkeypatch.setenv(name, str(value))
+    settings = load_settings(None)
+    assert settings.input.topics == ["car-insurance-events"]
+    assert settings.kafka.bootstrap_servers == "kafka:29092"
+    assert str(settings.graph).startswith("/models/")
