@@ -104,10 +104,12 @@ class SchemaRegistryClient:
                     return answer
             except urllib.error.HTTPError as exc:
                 last = f"HTTP {exc.code}"
+                detail = _detail(exc)
+                exc.close()  # an error response still holds its connection
                 if exc.code == 404:
-                    raise SchemaNotFound(f"{method} {path}: not found") from exc
+                    raise SchemaNotFound(f"{method} {path}: not found ({detail})") from exc
                 if exc.code in (409, 422):
-                    raise ConfigError(f"the registry refused the schema: {_detail(exc)}", field=path) from exc
+                    raise ConfigError(f"the registry refused the schema: {detail}", field=path) from exc
                 if exc.code < 500 and exc.code != 429:
                     raise RegistryUnavailable(f"registry answered {exc.code} to {method} {path}") from exc
             except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as exc:

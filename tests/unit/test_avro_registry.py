@@ -1,0 +1,112 @@
+"""SchemaRegistryClient against a local stub HTTP server: caching, auth, retries and fault translation."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from worker.avro.registry import RegistryConfig, SchemaNotFound, SchemaRegistryClient
+from worker.avro.schema import AvroSchema
+from worker.errors import ConfigError, RegistryUnavailable
+
+SCHEMA = json.dumps({"type": "record", "name": "R", "fields": [{"name": "a", "type": "int"}]})
+
+
+class Stub:
+    """Answers with queued (status, body) pairs, then 200 with the schema; records requests."""
+
+    def __init__(self) -> None:
+        self.queue: list[tuple[int, dict[str, Any]]] = []
+        self.seen: list[tuple[str, str, str | None]] = []
+
+
+@pytest.fixture
+def stub() -> Iterator[tuple[Stub, str]]:
+    state = Stub()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            state.seen.append((self.command, self.path, self.headers.get("Authorization")))
+            status, body = state.queue.pop(0) if state.queue else (200, {"schema": SCHEMA, "id": 7})
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _answer  # noqa: N815 (http.server's names)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state, f"http://127.0.0.1:{server.server_address[1]}/api"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def client(url: str, **kw: Any) -> tuple[SchemaRegistryClient, list[float]]:
+    sleeps: list[float] = []
+    return SchemaRegistryClient(RegistryConfig(url=url, **kw), sleep=sleeps.append), sleeps
+
+
+def test_schema_by_id_is_fetched_once_then_cached(stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    c, _ = client(url, basic_auth_user_info="user:secret")
+
+    first, second = c.schema_by_id(7), c.schema_by_id(7)
+
+    assert first is second
+    assert state.seen == [("GET", "/api/schemas/ids/7", "Basic dXNlcjpzZWNyZXQ=")]
+
+
+def test_bearer_token_is_sent(stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    client(url, bearer_token="tok")[0].schema_by_id(1)
+    assert state.seen[0][2] == "Bearer tok"
+
+
+def test_5xx_is_retried_with_backoff_then_succeeds(stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    state.queue = [(503, {}), (500, {})]
+    c, sleeps = client(url, backoff_initial_s=0.5, backoff_max_s=0.8)
+
+    assert c.schema_by_id(3).parsed["name"] == "R"
+    assert sleeps == [0.5, 0.8]
+
+
+def test_persistent_5xx_is_registry_unavailable_after_bounded_retries(stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    state.queue = [(503, {})] * 10
+    c, sleeps = client(url, max_retries=2)
+
+    with pytest.raises(RegistryUnavailable, match="3 attempts"):
+        c.schema_by_id(3)
+    assert len(state.seen) == 3 and len(sleeps) == 2
+
+
+def test_unknown_id_is_schema_not_found_without_retry(stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    state.queue = [(404, {"error_code": 40403, "message": "Schema not found"})]
+
+    with pytest.raises(SchemaNotFound):
+        client(url)[0].schema_by_id(99)
+    assert len(state.seen) == 1
+
+
+def test_refused_registration_is_a_config_error(stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    state.queue = [(409, {"error_code": 409, "message": "incompatible"})]
+
+    with pytest.raises(ConfigError, match="incompatible"):
+        client(url)[0].register("t-value", AvroSchema.parse(SCHEMA))
