@@ -49,6 +49,7 @@ class Planned:
     value: bytes
     expected: Mapping[str, Any] | None
     poison: str | None = None
+    partition: int | None = None  # None: the producer's partitioner on the key
 
 
 def register_schema(registry_url: str, subject: str, path: Path = EVENT_SCHEMA) -> int:
@@ -74,13 +75,14 @@ def plan_events(
     planned = []
     for index, (event, body, want) in enumerate(zip(events, bodies, expected, strict=True)):
         kind = kinds.get(index)
-        value = _poison(kind, header, body)
+        value = poison_value(kind, header, body)
         decodable = kind in (None, "nan_features")  # the others never reach the graph
         planned.append(Planned(event["ecid"].encode(), value, want if decodable else None, kind))
     return planned
 
 
-def _poison(kind: str | None, header: bytes, body: bytes) -> bytes:
+def poison_value(kind: str | None, header: bytes, body: bytes) -> bytes:
+    """``header + body`` made into poison of ``kind`` (None, "nan_features": left as is)."""
     if kind == "bad_magic":
         return b"\x01" + header[1:] + body
     if kind == "unknown_schema_id":
@@ -150,7 +152,11 @@ def produce(
             time.sleep(max(0.0, started + first / rate_per_s - time.monotonic()))
         for record in planned[first : first + chunk]:
             producer.produce(
-                topic, record.value, record.key, on_delivery=lambda e, m, r=record: delivered(e, m, r)
+                topic,
+                record.value,
+                record.key,
+                partition=-1 if record.partition is None else record.partition,
+                on_delivery=lambda e, m, r=record: delivered(e, m, r),
             )
         producer.poll(0)
     remaining = producer.flush(60)

@@ -133,6 +133,9 @@ class Replica:
     def tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return f"--- {self.log_path} (exit {self.returncode}) ---\n" + "\n".join(self.log_lines()[-lines:])
 
+    def has_port(self) -> bool:
+        return any('"http server listening"' in line for line in self.log_lines())
+
     def port(self, timeout_s: float = 60.0) -> int:
         """The metrics/health port this start bound (from its "http server listening" log line)."""
         deadline = time.monotonic() + timeout_s
@@ -175,9 +178,20 @@ class Fleet:
         for replica in self.replicas:
             replica.start()
 
-    def kill_random(self, rng: random.Random) -> Replica:
-        """SIGKILL one running replica at random and start it again."""
-        replica = rng.choice([r for r in self.replicas if r.alive])
+    def ready(self) -> list[Replica]:
+        """The replicas whose ``/readyz`` answers 200 (running, with partitions assigned)."""
+        return [r for r in self.replicas if r.alive and r.has_port() and r.readyz() == 200]
+
+    def kill_random(self, rng: random.Random, *, timeout_s: float = 60.0) -> Replica:
+        """SIGKILL a ready replica, chosen at random (so the kill hits one that owns partitions), and start
+        it again."""
+        deadline = time.monotonic() + timeout_s
+        while not (candidates := self.ready()):
+            self.check()
+            if time.monotonic() > deadline:
+                pytest.fail(f"no replica became ready within {timeout_s} s\n{self.logs()}", pytrace=False)
+            time.sleep(0.2)
+        replica = rng.choice(candidates)
         replica.sigkill()
         replica.start()
         return replica
