@@ -22,7 +22,7 @@ from worker.avro.encoder import ScoreEncoder
 from worker.avro.schema import AvroSchema, layout
 from worker.errors import ConfigError, DecodeError, EncodeError, RecordError, ScoringError
 from worker.graph import CompiledGraph, InMemoryModels, compile_graph, load_graph
-from worker.runtime.pipeline import Pipeline, Processed, by_topic, check_contract
+from worker.runtime.pipeline import Meta, Pipeline, Processed, by_topic, check_contract
 
 EVENT = {
     "type": "record",
@@ -247,7 +247,7 @@ def test_a_batch_of_good_and_bad_events_is_accounted_for() -> None:
     rows = [planned(kind, i) for i, kind in enumerate(kinds)]
     placement = [("events", i % 2) for i in range(len(rows))]
     messages = messages_of(rows, placement)
-    processed = pipeline().process(messages)
+    processed = pipeline().process(Meta.of(messages))
     check_accounting(rows, messages, processed)
     assert processed.score_rows.tolist() == [
         i for i, k in enumerate(kinds) if k == "ok"
@@ -256,7 +256,7 @@ def test_a_batch_of_good_and_bad_events_is_accounted_for() -> None:
 
 
 def test_an_empty_batch() -> None:
-    processed = pipeline().process([])
+    processed = pipeline().process(Meta.of([]))
     assert processed.score_rows.size == 0 and processed.score_values == [] and processed.errors == {}
 
 
@@ -264,7 +264,7 @@ def test_a_batch_where_every_event_is_bad() -> None:
     kinds = ["tombstone", "bad_km", "null_age", "big_n", "truncated"]
     rows = [planned(kind, i) for i, kind in enumerate(kinds)]
     messages = messages_of(rows, [("events", 0)] * len(rows))
-    processed = pipeline().process(messages)
+    processed = pipeline().process(Meta.of(messages))
     check_accounting(rows, messages, processed)
     assert processed.score_rows.size == 0 and sorted(processed.errors) == list(range(len(rows)))
 
@@ -274,7 +274,7 @@ def test_two_topics_in_one_batch_are_decoded_apart_and_reassembled() -> None:
     rows = [planned(kind, i) for i, kind in enumerate(kinds)]
     placement = [("a", 0), ("b", 0), ("b", 0), ("a", 0), ("a", 1), ("b", 0)]
     messages = messages_of(rows, placement)
-    processed = pipeline().process(messages)
+    processed = pipeline().process(Meta.of(messages))
     check_accounting(rows, messages, processed)
     assert processed.errors[1].topic == "b" and processed.errors[4].topic == "a"
 
@@ -288,7 +288,7 @@ PLACES = [("events", 0), ("events", 1), ("events", 2), ("other", 0)]
 def test_every_message_comes_out_once_whatever_the_mix(plan: list[tuple[str, tuple[str, int]]]) -> None:
     rows = [planned(kind, i) for i, (kind, _) in enumerate(plan)]
     messages = messages_of(rows, [place for _, place in plan])
-    check_accounting(rows, messages, pipeline().process(messages))
+    check_accounting(rows, messages, pipeline().process(Meta.of(messages)))
 
 
 def test_by_topic_groups_rows_in_consume_order() -> None:
@@ -307,6 +307,6 @@ def test_by_topic_groups_rows_in_consume_order() -> None:
 def test_a_batch_with_nothing_left_to_encode_is_dead_lettered_not_raised(kinds: list[str]) -> None:
     rows = [planned(kind, i) for i, kind in enumerate(kinds)]
     messages = messages_of(rows, [("events", 0)] * len(rows))
-    processed = pipeline().process(messages)
+    processed = pipeline().process(Meta.of(messages))
     check_accounting(rows, messages, processed)
     assert processed.score_rows.size == 0 and processed.score_values == []
