@@ -67,19 +67,15 @@ class Cursor:
             self.fail(rows, new > self.end[rows])
             small: npt.NDArray[np.int64] = (z1 >> 1) ^ -(z1 & 1)
             return small
-        z = (first & 0x7F).astype(np.uint64)
-        length = np.ones(len(p), dtype=np.int64)
-        active = np.flatnonzero(first >= 0x80)
-        shift = 7
-        while active.size:
-            if shift >= 70:  # more than 10 bytes: not an Avro long
-                self.fail(rows, np.isin(np.arange(len(p)), active))
-                break
-            byte = self.buf[p[active] + length[active]]
-            z[active] |= (byte & 0x7F).astype(np.uint64) << np.uint64(shift)
-            length[active] += 1
-            active = active[byte >= 0x80]
-            shift += 7
+        win = self.win16[p, :10]  # an Avro long takes at most 10 bytes
+        stop = win < 0x80
+        last = stop.argmax(axis=1)  # index of each varint's final byte (0 when there is none)
+        ended = np.asarray(stop.any(axis=1), dtype=np.bool_)
+        self.fail(rows, ~ended)  # more than 10 bytes: not an Avro long
+        width = int(last.max()) + 1
+        groups = np.where(_AR10[:width] <= last[:, None], win[:, :width] & 0x7F, 0).astype(np.uint64)
+        z = (groups << _SHIFTS[:width]).sum(axis=1, dtype=np.uint64)
+        length = last + 1
         new = p + length
         self.pos[rows] = new
         self.fail(rows, new > self.end[rows])
