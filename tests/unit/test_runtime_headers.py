@@ -3,6 +3,9 @@ values left out, the class of the underlying exception)."""
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from worker.errors import DecodeError, EncodeError, RecordError, ScoringError
 from worker.runtime.headers import (
     ERRORS,
@@ -139,3 +142,20 @@ def test_non_ascii_reasons_are_utf8() -> None:
 def test_decode_headers_skips_null_values_and_the_last_one_wins() -> None:
     assert decode_headers([("a", b"1"), ("b", None), ("a", b"2")]) == {"a": "2"}
     assert decode_headers(None) == {}
+
+
+@given(st.integers(0, 2**32 - 1))
+def test_the_schema_id_header_reads_the_four_framing_bytes_big_endian(schema_id_: int) -> None:
+    framed = b"\x00" + schema_id_.to_bytes(4, "big") + b"avro body"
+    assert schema_id(framed[1:5]) == [("rtml.schema.id", str(schema_id_).encode())]
+
+
+def test_no_schema_id_header_without_framing() -> None:
+    assert schema_id(b"") == []
+
+
+def test_source_headers_are_encoded_once_per_partition() -> None:
+    assert source("événements", 12) == (
+        ("rtml.source.topic", "événements".encode()),
+        ("rtml.source.partition", b"12"),
+    )

@@ -12,7 +12,7 @@ from typing import Any
 import fastavro
 import numpy as np
 import pytest
-from confluent_kafka import Message
+from confluent_kafka import TIMESTAMP_CREATE_TIME, TIMESTAMP_NOT_AVAILABLE, Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
@@ -44,18 +44,18 @@ SCORE = {
     ],
 }
 WEIGHTS = (1.0, 2.0)  # score = k * 1 + age * 2, k = float(km) / 1000
-INPUTS = [
+INPUTS: list[dict[str, Any]] = [
     {"name": "id", "dtype": "string"},
     {"name": "km", "dtype": "string"},
     {"name": "age", "dtype": "float64", "nullable": True},
     {"name": "n", "dtype": "int64"},
 ]
-NODES = [
+NODES: list[dict[str, Any]] = [
     {"id": "parse", "kind": "astype", "columns": ["km"], "dtype": "float64"},
     {"id": "per_1000", "kind": "expr", "expr": "km / 1000", "output": "k"},
     {"id": "model", "kind": "onnx", "model_id": "lin", "features": ["k", "age"], "outputs": {"Y": "score"}},
 ]
-OUTPUTS = [
+OUTPUTS: list[dict[str, Any]] = [
     {"name": "id", "dtype": "string"},
     {"name": "score", "dtype": "float64"},
     {"name": "n", "dtype": "int64"},
@@ -175,11 +175,9 @@ class Row:
 
 
 def planned(kind: str, i: int) -> Row:
-    km, age, n = str(1000 + 37 * i), float(i % 50), i
+    km, age, n = str(1000 + 37 * i), float(i % 50) if kind != "null_age" else None, i
     if kind == "bad_km":
         km = f"{i}km"
-    elif kind == "null_age":
-        age = None
     elif kind == "big_n":
         n = 2**31 + i
     return Row(kind, f"ev-{i}", km, age, n)
@@ -310,3 +308,39 @@ def test_a_batch_with_nothing_left_to_encode_is_dead_lettered_not_raised(kinds: 
     processed = pipeline().process(Meta.of(messages))
     check_accounting(rows, messages, processed)
     assert processed.score_rows.size == 0 and processed.score_values == []
+
+
+# --- Meta: the batch's message fields, read once -----------------------------------------------------------
+
+
+def test_meta_reads_every_field_of_the_messages_in_order() -> None:
+    messages = [
+        Message(
+            topic="a", partition=2, offset=7, key=b"k", value=b"v", timestamp=(TIMESTAMP_CREATE_TIME, 1500)
+        ),
+        Message(
+            topic="b", partition=0, offset=3, key=None, value=None, timestamp=(TIMESTAMP_NOT_AVAILABLE, -1)
+        ),
+    ]
+    meta = Meta.of(messages)
+    assert meta.topics == ["a", "b"]
+    assert meta.partitions.tolist() == [2, 0] and meta.partitions.dtype == np.int64
+    assert meta.offsets.tolist() == [7, 3] and meta.offsets.dtype == np.int64
+    assert meta.keys == [b"k", None] and meta.values == [b"v", None]
+    assert meta.timestamps_ms[0] == 1500 and np.isnan(meta.timestamps_ms[1])  # librdkafka gives -1 for none
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(PLACES), st.integers(1, 5)), max_size=30), st.integers(0, 10**12))
+def test_meta_commit_points_are_one_past_the_last_offset_of_each_partition(
+    plan: list[tuple[tuple[str, int], int]], start: int
+) -> None:
+    offset: dict[tuple[str, int], int] = {}
+    offsets_seen: list[int] = []
+    messages = []
+    for (topic, partition), gap in plan:  # offsets rise per partition, with gaps, partitions interleaved
+        offset[(topic, partition)] = offset.get((topic, partition), start) + gap
+        offsets_seen.append(offset[(topic, partition)])
+        messages.append(Message(topic=topic, partition=partition, offset=offsets_seen[-1]))
+    last = {(topic, partition): o for ((topic, partition), _), o in zip(plan, offsets_seen, strict=True)}
+    assert Meta.of(messages).next_offsets() == {tp: o + 1 for tp, o in last.items()}
