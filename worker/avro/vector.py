@@ -21,8 +21,10 @@ _PAD = 256  # lets gathers of short values run past the last row without a bound
 _AR10 = np.arange(10)
 _SHIFTS = (7 * np.arange(10)).astype(np.uint64)
 _AR8 = np.arange(8)
-_AR16 = np.arange(16)
-_SHORT = 15  # strings shorter than this are decoded once per distinct value
+# Byte masks keeping the first k bytes of 16, as two little-endian uint64 words, for k = 0..15.
+_KEEP = np.where(np.arange(16)[None, :] < np.arange(16)[:, None], 0xFF, 0).astype(np.uint8).view(np.uint64)
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier (golden ratio) to mix the first word in
+_SHORT = 16  # strings shorter than this are decoded once per distinct value
 
 
 def subset(rows: Rows, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
@@ -173,25 +175,22 @@ class Cursor:
         except UnicodeDecodeError:
             return self._decode_each(rows, raw)
 
-    def _short_strings(
-        self, rows: Rows, p: npt.NDArray[np.int64], n: npt.NDArray[np.int64]
-    ) -> npt.NDArray[Any]:
+    def _short_strings(self, rows: Rows, p: I64, n: I64) -> npt.NDArray[Any]:
         """Strings under 16 bytes (codes, countries, categories), decoded once per distinct value.
 
-        Each value and its length pack exactly into two uint64 words, so sorting the words finds the
-        distinct values without hashing or collisions; only those are decoded.
+        Each value, zero-padded, with its length in the last byte, is exactly two uint64 words. Rows are
+        grouped by a hash of the words, then every row is checked against its group's representative, so a
+        hash collision can only cost time (the rows are decoded one by one), never mix values up.
         """
-        matrix = self.win16[p]
-        matrix[n[:, None] <= _AR16] = 0
-        matrix[:, _SHORT] = n
-        words = np.ascontiguousarray(matrix).view(np.uint64)
-        order = np.lexsort((words[:, 0], words[:, 1]))
-        ranked = words[order]
-        first = np.ones(len(order), dtype=np.bool_)
-        first[1:] = (ranked[1:] != ranked[:-1]).any(axis=1)
-        inverse = np.empty(len(order), dtype=np.intp)
-        inverse[order] = np.cumsum(first) - 1
-        starts, stops = p[order[first]].tolist(), (p + n)[order[first]].tolist()
+        words = self.win16[p].view(np.uint64)  # a copy: (n, 2)
+        words &= _KEEP[n]
+        words[:, 1] |= n.astype(np.uint64) << np.uint64(56)
+        distinct, inverse = np.unique((words[:, 0] * _MIX) ^ words[:, 1], return_inverse=True)
+        rep = np.empty(len(distinct), dtype=np.intp)
+        rep[inverse] = np.arange(len(p))
+        if not bool((words == words[rep[inverse]]).all()):
+            return self._decode_each(rows, self._slices(p, n))
+        starts, stops = p[rep].tolist(), (p + n)[rep].tolist()
         texts = np.empty(len(starts), dtype=object)
         broken = np.zeros(len(starts), dtype=np.bool_)
         for i, (a, b) in enumerate(zip(starts, stops, strict=True)):
