@@ -193,7 +193,7 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = KafkaSettings()
     schema_registry: RegistrySettings = RegistrySettings()
-    group_id: str
+    group_id: str = Field(min_length=1)
     input: InputSettings
     output: OutputSettings
     dead_letter: DeadLetterSettings

@@ -40,7 +40,7 @@ class Meta:
     def of(cls, messages: Sequence[Message]) -> Meta:
         n = len(messages)
         stamps = np.fromiter((m.timestamp()[1] for m in messages), np.float64, n)
-        stamps[stamps < 0] = np.nan
+        stamps[stamps <= 0] = np.nan  # -1: the message has no timestamp
         return cls(
             topics=[m.topic() for m in messages],  # type: ignore[misc]  # consumed: never None
             partitions=np.fromiter((m.partition() for m in messages), np.int64, n),
@@ -64,7 +64,7 @@ class Meta:
 class Processed:
     """The outcome of one batch: ``score_values[k]`` is the score of message ``score_rows[k]``."""
 
-    score_rows: Rows
+    score_rows: Rows  # in consume order within each input topic (so within each partition)
     score_values: list[bytes]
     errors: dict[int, RecordError]
 
