@@ -145,7 +145,7 @@ def produce(
         source = Source(record.key, record.value, record.expected, record.poison)
         placed.setdefault(message.partition(), {})[message.offset()] = source
 
-    chunk = 1000
+    chunk = 1000 if rate_per_s is None else max(1, min(1000, int(rate_per_s / 20)))  # ~20 sends a second
     started = time.monotonic()
     for first in range(0, len(planned), chunk):
         if rate_per_s is not None:
@@ -159,6 +159,11 @@ def produce(
                 on_delivery=lambda e, m, r=record: delivered(e, m, r),
             )
         producer.poll(0)
+        if first == 0 and rate_per_s is not None:
+            # The first send waits for the idempotent producer's id: keep the records queued meanwhile out
+            # of the rate, or they would reach the broker as one burst.
+            producer.flush(30)
+            started = time.monotonic() - chunk / rate_per_s
     remaining = producer.flush(60)
     if remaining or failures:
         raise RuntimeError(f"{topic}: {remaining} records undelivered, failures: {failures[:3]}")
