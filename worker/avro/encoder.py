@@ -99,9 +99,11 @@ class ScoreEncoder:
     ) -> Encoded:
         """Encode every row; raises ConfigError if a column the schema needs is missing from the batch."""
         n = batch_len(columns)
+        if n == 0:
+            return Encoded([], np.zeros(0, dtype=np.int64), {})
         verdicts = _Rows(n)
         segments = [segment for encode in self._fields for segment in encode(columns, verdicts)]
-        values = wire.assemble(self._header, segments, n) if n else []
+        values = wire.assemble(self._header, segments, n)
         if not verdicts.reasons:
             return Encoded(values, np.arange(n, dtype=np.int64), {})
         errors = {

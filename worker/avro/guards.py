@@ -117,6 +117,8 @@ class _Scan:
             self.items += count
             if self.items > self.limits.max_items:
                 raise _Violation(f"more than max_items={self.limits.max_items} items in one record")
+            if item == "null" and not is_map:
+                continue  # null items take no bytes: the budget above is the whole check
             for _ in range(count):
                 if is_map:
                     self.skip(self.long(), "map key")
