@@ -115,8 +115,6 @@ class Pipeline:
         scored = self.graph.run(decoded.columns, on_node=self.on_node)
         errors: dict[int, RecordError] = dict(decoded.errors)
         errors.update((int(decoded.rows[i]), e) for i, e in scored.errors.items())
-        if not scored.rows.size:  # every row rejected (often one poison event alone): nothing to encode
-            return Processed(np.empty(0, np.int64), [], errors)
         encoded = self.encoder.encode(scored.columns)
         errors.update((int(decoded.rows[scored.rows[i]]), e) for i, e in encoded.errors.items())
         return Processed(decoded.rows[scored.rows[encoded.rows]], encoded.values, errors)
