@@ -2,25 +2,26 @@
 
 The input topic stamps records with the broker's append time (``message.timestamp.type=LogAppendTime``); the
 worker's producer stamps each score with its own create time, the moment the loop hands the score to
-librdkafka (``produce()``); broker, worker and benchmark share this machine's clock. Per event, from the
-producer's delivery report (partition, offset, append time), the score's lineage headers (source partition and
-offset) and the score's arrival at the reader:
+librdkafka (``produce()``); broker, worker and benchmark share this machine's clock. Per event:
 
-- in worker: score create time - input append time. From the moment the event is readable on the broker to
-  the moment its score is handed to the producer: the fetch hop to the worker, the micro-batch wait, decode,
-  graph, encode. Excludes the paced producer, its linger and the broker's append, and the worker's own
-  producer linger and acknowledgement. Both stamps are whole milliseconds (about +-1 ms).
-- end to end: score arrival at the reader (``time.time()`` when ``consume`` returned) - the paced producer's
-  ``produce()`` call. Includes everything above plus the producer's linger (``LINGER_MS``), both broker
-  appends, the worker's producer linger (5 ms) and the reader's fetch.
+- in worker: score create time - input append time, matched by the score's lineage headers (source
+  partition and offset). From the moment the event is readable on the broker to the moment its score is
+  handed to the worker's producer: the fetch hop to the worker, the micro-batch wait, decode, graph, encode.
+  Excludes the paced producer, its linger and the broker's append, and the worker's own producer linger and
+  acknowledgement. Both stamps are whole milliseconds (about +-1 ms).
+- end to end: score arrival at the reader (``time.time()`` when ``poll`` returned it) - the paced producer's
+  ``produce()`` call, matched by the key (the send number, carried over by the worker). Includes everything
+  above plus the producer's linger (``LINGER_MS``), both broker appends, the worker's producer linger (5 ms)
+  and the reader's fetch.
 
-``PacedProducer`` and ``ScoreReader`` are threads of the benchmark process; ``Delays`` joins what they saw.
-Blocking; ``RuntimeError`` when scores are missing at the end.
+While the load runs, the two threads of the benchmark process do as little as they can (no per-message
+callbacks, no decoding), so as not to take CPU from the worker on a small machine; ``Delays.collect`` joins
+everything afterwards, reading the input topic back for the append times. Blocking; ``RuntimeError`` when a
+send failed or scores are missing.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from collections.abc import Sequence
@@ -29,74 +30,73 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 
 LINGER_MS = 1
 TICK_S = 0.0005
+READ_TIMEOUT_S = 30.0
+
+
+def _consumer(bootstrap: str) -> Consumer:
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-reader", "enable.auto.commit": False,
+                     "fetch.wait.max.ms": 10})  # fmt: skip
 
 
 class PacedProducer(threading.Thread):
-    """Produces ``values`` round robin at ``rate`` events per second for ``seconds``; records every send."""
+    """Produces ``values`` round robin at ``rate`` events per second for ``seconds``, keyed by send number."""
 
     def __init__(
-        self, bootstrap: str, topic: str, values: Sequence[bytes], keys: Sequence[bytes], rate: float,
-        seconds: float,
+        self, bootstrap: str, topic: str, values: Sequence[bytes], rate: float, seconds: float
     ) -> None:  # fmt: skip
         super().__init__(name="paced-producer", daemon=True)
-        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-                                  "linger.ms": LINGER_MS, "compression.type": "lz4"})  # fmt: skip
-        self.topic, self.values, self.keys = topic, values, keys
-        self.rate, self.seconds = rate, seconds
-        self.sent_at: list[float] = []  # wall clock of each produce() call, by send number
-        self.delivered: list[tuple[int, int, int, int]] = []  # (send number, partition, offset, append ms)
         self.failed: list[str] = []
+        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                                  "linger.ms": LINGER_MS,  # uncompressed: less CPU taken from the worker
+                                  "delivery.report.only.error": True,
+                                  "on_delivery": self._on_error})  # fmt: skip
+        self.topic, self.values, self.rate, self.seconds = topic, values, rate, seconds
+        self.sent_at: list[float] = []  # wall clock of each produce() call, by send number
         self.started_at = 0.0
 
     def run(self) -> None:
-        n = len(self.values)
-        sent = 0
+        n, sent_at, produce = len(self.values), self.sent_at, self.producer.produce
         self.started_at = time.time()
         started = time.perf_counter()
         while (elapsed := time.perf_counter() - started) < self.seconds:
-            for i in range(sent, int(elapsed * self.rate)):
-                self.sent_at.append(time.time())
-                self.producer.produce(self.topic, self.values[i % n], self.keys[i % n],
-                                      on_delivery=functools.partial(self._on_delivery, i))  # fmt: skip
-                sent = i + 1
+            for i in range(len(sent_at), int(elapsed * self.rate)):
+                sent_at.append(time.time())
+                produce(self.topic, self.values[i % n], b"%d" % i)
             self.producer.poll(0)
             time.sleep(TICK_S)
-        self.producer.flush(30)
+        if self.producer.flush(READ_TIMEOUT_S):
+            self.failed.append("flush timed out")
 
-    def _on_delivery(self, send: int, error: Any, message: Message) -> None:
+    def _on_error(self, error: KafkaError | None, _message: Message) -> None:
         if error is not None:
             self.failed.append(str(error))
-        else:
-            partition, offset = message.partition(), message.offset()
-            self.delivered.append((send, partition, offset, message.timestamp()[1]))  # type: ignore[arg-type]
 
 
 class ScoreReader(threading.Thread):
-    """Reads every score of ``topic`` from the beginning (assigned, no group join) until stopped."""
+    """Keeps every score of ``topic`` from the beginning (assigned, no group join) with its arrival time."""
 
     def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
         super().__init__(name="score-reader", daemon=True)
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-reader",
-                                  "enable.auto.commit": False, "fetch.wait.max.ms": 10})  # fmt: skip
+        self.consumer = _consumer(bootstrap)
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-        self.scores: list[tuple[int, int, int, float]] = []  # (source partition, offset, create ms, arrival)
+        self.batches: list[tuple[float, list[Message]]] = []
+        self.count = 0
         self.stopping = threading.Event()
 
     def run(self) -> None:
         try:
             while not self.stopping.is_set():
-                messages = self.consumer.consume(1000, 0.05)
-                arrived = time.time()
-                for message in messages:
-                    if message.error() is None:
-                        lineage: dict[str, Any] = dict(message.headers() or ())
-                        self.scores.append((int(lineage["rtml.source.partition"]),
-                                            int(lineage["rtml.source.offset"]),
-                                            message.timestamp()[1], arrived))  # fmt: skip
+                # poll returns on the first message; a blocking consume(n, t) would hold it back up to t.
+                first = self.consumer.poll(0.05)
+                if first is None:
+                    continue
+                messages = [first, *self.consumer.consume(999, 0)]
+                self.batches.append((time.time(), messages))
+                self.count += len(messages)
         finally:
             self.consumer.close()
 
@@ -107,31 +107,61 @@ class Delays:
 
     in_worker_ms: npt.NDArray[np.float64]
     end_to_end_ms: npt.NDArray[np.float64]
-    sent: int
+    events: int
 
     @classmethod
-    def join(cls, producer: PacedProducer, reader: ScoreReader, after: float) -> Delays:
-        """Match each score to its event by (partition, offset); only events sent at or after ``after``."""
+    def collect(
+        cls, producer: PacedProducer, reader: ScoreReader, bootstrap: str, source: str, after: float
+    ) -> Delays:
+        """Join the scores to their events; only events sent at or after ``after`` (wall clock) count."""
         if producer.failed:
             raise RuntimeError(f"paced producer: {len(producer.failed)} failed, e.g. {producer.failed[0]}")
+        appended = _append_times(bootstrap, source)
         sent_at = np.asarray(producer.sent_at)
-        events = {(p, o): (send, append_ms) for send, p, o, append_ms in producer.delivered}
         in_worker, end_to_end = [], []
-        for partition, offset, created_ms, arrived in reader.scores:
-            send, append_ms = events.pop((partition, offset), (-1, 0))
-            if send >= 0 and sent_at[send] >= after:
-                in_worker.append(created_ms - append_ms)
+        for arrived, messages in reader.batches:
+            for message in messages:
+                send = int(message.key())  # type: ignore[arg-type]
+                if sent_at[send] < after:
+                    continue
+                lineage: dict[str, Any] = dict(message.headers() or ())
+                source_ms = appended[int(lineage["rtml.source.partition"])][
+                    int(lineage["rtml.source.offset"])
+                ]
+                in_worker.append(message.timestamp()[1] - source_ms)
                 end_to_end.append((arrived - sent_at[send]) * 1000)
         wanted = int(np.count_nonzero(sent_at >= after))
-        if len(in_worker) < wanted:
-            raise RuntimeError(f"only {len(in_worker)} of {wanted} events sent after warm-up got a score")
+        if len(in_worker) != wanted:
+            raise RuntimeError(f"{len(in_worker)} scores for the {wanted} events sent after the warm-up")
         return cls(np.asarray(in_worker, np.float64), np.asarray(end_to_end, np.float64), wanted)
+
+
+def _append_times(bootstrap: str, topic: str) -> list[npt.NDArray[np.int64]]:
+    """Per partition, the append time (ms) of each offset, read back from the topic."""
+    consumer = _consumer(bootstrap)
+    try:
+        partitions = sorted(consumer.list_topics(topic, timeout=READ_TIMEOUT_S).topics[topic].partitions)
+        ends = [
+            consumer.get_watermark_offsets(TopicPartition(topic, p), READ_TIMEOUT_S)[1] for p in partitions
+        ]
+        times = [np.zeros(end, np.int64) for end in ends]
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        left, deadline = sum(ends), time.monotonic() + READ_TIMEOUT_S
+        while left > 0 and time.monotonic() < deadline:
+            for message in consumer.consume(10_000, 0.5):
+                if message.error() is None:
+                    times[message.partition()][message.offset()] = message.timestamp()[1]  # type: ignore[index]
+                    left -= 1
+        if left:
+            raise RuntimeError(f"{topic}: {left} events not read back within {READ_TIMEOUT_S} s")
+        return times
+    finally:
+        consumer.close()
 
 
 def quantile_from_buckets(bounds: Sequence[float], cumulative: Sequence[float], q: float) -> float:
     """Prometheus ``histogram_quantile``: linear interpolation inside the bucket holding the q-th value."""
-    total = cumulative[-1]
-    rank = q * total
+    rank = q * cumulative[-1]
     lower, below = 0.0, 0.0
     for bound, count in zip(bounds, cumulative, strict=True):
         if count >= rank and count > below:

@@ -36,9 +36,12 @@ class WorkerDied(RuntimeError):
 
 def worker_config(
     path: Path, *, bootstrap: str, registry_url: str, group: str, topics: tuple[str, str, str],
-    graph: Path, store: Path, max_wait_ms: int,
+    graph: Path, store: Path, max_wait_ms: int, fetch_wait_max_ms: int | None = None,
 ) -> Path:  # fmt: skip
-    """Write the TOML settings of one worker; ``topics`` is (input, output, dead letter)."""
+    """Write the TOML settings of one worker; ``topics`` is (input, output, dead letter).
+
+    ``fetch_wait_max_ms`` goes to librdkafka through ``kafka.extra`` (None: librdkafka's 500 ms default).
+    """
     source, output, dead = topics
     lines = [
         f"group_id = {json.dumps(group)}",
@@ -49,6 +52,11 @@ def worker_config(
         "commit_interval_ms = 100",  # the throughput run ends when the commits reach the end offsets
         "[kafka]",
         f"bootstrap_servers = {json.dumps(bootstrap)}",
+        *(
+            [f'extra = {{"fetch.wait.max.ms" = "{fetch_wait_max_ms}"}}']
+            if fetch_wait_max_ms is not None
+            else []
+        ),
         "[schema_registry]",
         f"url = {json.dumps(registry_url)}",
         "[input]",
