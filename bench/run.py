@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-SUITES: tuple[str, ...] = ("bench.graph", "bench.avro")
+SUITES: tuple[str, ...] = ("bench.graph", "bench.avro", "bench.e2e")
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 
 
