@@ -57,8 +57,8 @@ class Scratch:
         name = self.name(what)
         config = {"message.timestamp.type": "LogAppendTime"} if log_append_time else {}
         futures = self.admin.create_topics([NewTopic(name, partitions, 1, config=config)])
-        self.topics.append(name)
         futures[name].result(TIMEOUT_S)
+        self.topics.append(name)  # only once created: a name that already existed is not ours to delete
         return name
 
     def group(self, what: str) -> str:
