@@ -105,7 +105,7 @@ class ScoreReader(threading.Thread):
 class Delays:
     """Per-event delays in milliseconds of the events sent after the warm-up."""
 
-    in_worker_ms: npt.NDArray[np.float64]
+    append_to_score_ms: npt.NDArray[np.float64]
     end_to_end_ms: npt.NDArray[np.float64]
     events: int
 
@@ -118,7 +118,7 @@ class Delays:
             raise RuntimeError(f"paced producer: {len(producer.failed)} failed, e.g. {producer.failed[0]}")
         appended = _append_times(bootstrap, source)
         sent_at = np.asarray(producer.sent_at)
-        in_worker, end_to_end = [], []
+        append_to_score, end_to_end = [], []
         for arrived, messages in reader.batches:
             for message in messages:
                 send = int(message.key())  # type: ignore[arg-type]
@@ -128,12 +128,12 @@ class Delays:
                 source_ms = appended[int(lineage["rtml.source.partition"])][
                     int(lineage["rtml.source.offset"])
                 ]
-                in_worker.append(message.timestamp()[1] - source_ms)
+                append_to_score.append(message.timestamp()[1] - source_ms)
                 end_to_end.append((arrived - sent_at[send]) * 1000)
         wanted = int(np.count_nonzero(sent_at >= after))
-        if len(in_worker) != wanted:
-            raise RuntimeError(f"{len(in_worker)} scores for the {wanted} events sent after the warm-up")
-        return cls(np.asarray(in_worker, np.float64), np.asarray(end_to_end, np.float64), wanted)
+        if len(append_to_score) != wanted:
+            raise RuntimeError(f"{len(append_to_score)} scores for {wanted} events sent after the warm-up")
+        return cls(np.asarray(append_to_score, np.float64), np.asarray(end_to_end, np.float64), wanted)
 
 
 def _append_times(bootstrap: str, topic: str) -> list[npt.NDArray[np.int64]]:

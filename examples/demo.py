@@ -89,7 +89,7 @@ topic = "{DLQ}"
 
 [batch]
 max_records = 1000
-max_wait_ms = 10
+max_wait_ms = 0
 """)
     return config
 

@@ -76,7 +76,7 @@ def test_the_file_is_read_and_defaults_fill_the_rest(tmp_path: Path) -> None:
     assert s.output.schema_path == Path("schemas/out.avsc")
     assert s.kafka.bootstrap_servers == "file-broker:9092"
     assert s.batch.max_records == 500
-    assert s.batch.max_wait_ms == 20  # the default, next to a value from the same table
+    assert s.batch.max_wait_ms == 0  # the default (natural batching), next to a value from the same table
     assert s.delivery == "at-least-once" and s.breaker.enabled
 
 

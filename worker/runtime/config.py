@@ -172,7 +172,9 @@ class DeadLetterSettings(_Strict):
 
 class BatchSettings(_Strict):
     max_records: int = Field(1000, ge=1, le=100_000)
-    max_wait_ms: int = Field(20, ge=0, le=60_000)
+    # 0: natural batching, a batch is what arrived while the previous one was processed (lowest latency;
+    # batches grow by themselves under load). Above 0: wait up to this long for a batch to fill.
+    max_wait_ms: int = Field(0, ge=0, le=60_000)
     # Outputs produced but not yet acknowledged before partitions are paused (backpressure).
     max_in_flight: int = Field(20_000, ge=1)
 

@@ -69,6 +69,7 @@ class Worker:
         self.breaker = CircuitBreaker(settings.breaker)
         self.assigned: set[TP] = set()
         self.pending: list[Message] = []
+        self.received: list[float] = []  # when consume() returned each pending message (monotonic)
         self.paused = False
         self.stopping = False
         self.failed = False  # after a fatal error nothing more is committed, not even on close
@@ -141,11 +142,13 @@ class Worker:
         if messages:
             if not self.pending:
                 self._first_at = now
-            self.pending.extend(self._valid(messages))
+            valid = self._valid(messages)
+            self.pending.extend(valid)
+            self.received.extend([now] * len(valid))
         due = now - self._first_at >= batching.max_wait_ms / 1000
         if self.pending and (len(self.pending) >= batching.max_records or due or self.paused):
-            batch, self.pending = self.pending, []
-            self._process(batch)
+            batch, received = self._take_pending()
+            self._process(batch, received)
         elif self.pending:
             time.sleep(0.0005)  # waiting for the batch to fill: let librdkafka's threads fetch
         self.producer.poll(0)
@@ -154,6 +157,17 @@ class Worker:
         self._backpressure()
         if now - self._last_lag >= LAG_EVERY_S:
             self._report_lag(now)
+
+    def _take_pending(self) -> tuple[list[Message], list[float]]:
+        taken = self.pending, self.received
+        self.pending, self.received = [], []
+        return taken
+
+    def _drop_pending(self, partitions: set[TP]) -> None:
+        """Unprocessed messages of partitions no longer ours: nothing was produced or committed for them."""
+        kept = [(m, t) for m, t in zip(self.pending, self.received, strict=True)
+                if (m.topic(), m.partition()) not in partitions]  # fmt: skip
+        self.pending, self.received = [m for m, _ in kept], [t for _, t in kept]
 
     def _valid(self, messages: list[Message]) -> list[Message]:
         good = [m for m in messages if m.error() is None]
@@ -165,7 +179,7 @@ class Worker:
                 log.warning("consumer error", extra={"error": str(error)})
         return good
 
-    def _process(self, batch: list[Message]) -> None:
+    def _process(self, batch: list[Message], received: list[float]) -> None:
         if self._next_pipeline is not None:
             self._use(self._next_pipeline)
         if self.breaker.open:
@@ -181,6 +195,7 @@ class Worker:
             self._produce_transaction(batch, meta, result)
         else:
             self._produce(batch, meta, result, self._track(meta, len(batch)))
+        self.metrics.observe_in_worker(time.monotonic() - np.asarray(received))
         self.metrics.events_out(len(result.score_values))
         self.metrics.observe_batch(len(batch), time.perf_counter() - started)
         self.metrics.observe_end_to_end(time.time() - meta.timestamps_ms / 1000)
@@ -309,7 +324,7 @@ class Worker:
             self._rewind()
 
     def _rewind(self) -> None:
-        self.pending = []
+        self._take_pending()
         assignment = [TopicPartition(t, p) for t, p in self.assigned]
         for tp in self.consumer.committed(assignment, timeout=30):
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else -2))
@@ -356,7 +371,7 @@ class Worker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
-        self.pending = [m for m in self.pending if (m.topic(), m.partition()) not in revoked]
+        self._drop_pending(revoked)
         if not self.exactly_once and not self.breaker.open and not self.failed:
             self._flush(self.settings.revoke_budget_ms / 1000)
             try:
@@ -371,7 +386,7 @@ class Worker:
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {(tp.topic, tp.partition) for tp in partitions}
-        self.pending = [m for m in self.pending if (m.topic(), m.partition()) not in lost]
+        self._drop_pending(lost)
         self.tracker.forget(lost)
         self.assigned -= lost
         self.metrics.rebalance("lost", len(partitions))
@@ -419,8 +434,7 @@ class Worker:
     def _drain(self) -> None:
         """SIGTERM: score what was consumed, deliver it, commit it."""
         if self.pending and not self.breaker.open:
-            batch, self.pending = self.pending, []
-            self._process(batch)
+            self._process(*self._take_pending())
         if not self.exactly_once:
             self._flush(self.settings.shutdown_budget_ms / 1000)
             self._settle(force=True)

@@ -13,6 +13,7 @@ Series (every name starts with ``rtml_``; counters end in ``_total``):
     rtml_batch_seconds                      histogram, time to process one batch (100 µs .. 10 s)
     rtml_node_seconds{node}                 histogram, time per graph node per batch (ONNX nodes included)
     rtml_end_to_end_seconds                 histogram, event timestamp to produce, per event
+    rtml_in_worker_seconds                  histogram, consume() returning the event to its score produced
     rtml_commit_seconds                     histogram, time per offset commit
     rtml_rebalances_total{kind}             rebalance callbacks: assign, revoke, lost
     rtml_rebalance_partitions_total{kind}   partitions moved by those callbacks
@@ -44,6 +45,7 @@ MetricName = Literal[
     "rtml_batch_seconds",
     "rtml_node_seconds",
     "rtml_end_to_end_seconds",
+    "rtml_in_worker_seconds",
     "rtml_commit_seconds",
     "rtml_rebalances_total",
     "rtml_rebalance_partitions_total",
@@ -81,6 +83,11 @@ END_TO_END_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                              30.0, 60.0, 300.0, 900.0)  # fmt: skip
 
 
+# In-worker latency is the worker's own share: fine buckets around the millisecond.
+IN_WORKER_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01,
+                            0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # fmt: skip
+
+
 def _name(name: MetricName) -> str:
     """The name prometheus_client wants: counters are declared without the ``_total`` it appends."""
     return name.removesuffix("_total")
@@ -112,6 +119,11 @@ class Metrics:
             END_TO_END_BUCKETS,
         )  # fmt: skip
         r.register(self._end_to_end)
+        self._in_worker = _BatchHistogram(
+            "rtml_in_worker_seconds", "Seconds from consume() returning the event to its score produced.",
+            IN_WORKER_BUCKETS,
+        )  # fmt: skip
+        r.register(self._in_worker)
         self._commit_seconds = Histogram(
             "rtml_commit_seconds", "Seconds per offset commit.", buckets=SECONDS_BUCKETS, registry=r
         )
@@ -164,6 +176,10 @@ class Metrics:
         clock ahead of ours) counts as 0 rather than pulling the sum down.
         """
         self._end_to_end.observe_many(np.asarray(seconds, dtype=np.float64))
+
+    def observe_in_worker(self, seconds: Sequence[float] | npt.NDArray[np.floating]) -> None:
+        """Per event of one batch, the time between consume() returning it and its score produced."""
+        self._in_worker.observe_many(np.asarray(seconds, dtype=np.float64))
 
     def observe_commit(self, seconds: float) -> None:
         """Record the duration of one offset commit."""
