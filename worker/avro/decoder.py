@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import fastavro
 import numpy as np
@@ -78,6 +78,11 @@ class BatchDecoder:
         self._plans: dict[int | None, _Plan] = {}
         if writer is not None:
             self._plans[None] = self._make_plan(writer)
+
+    @property
+    def framing(self) -> Literal["confluent", "plain"]:
+        """Confluent wire format (magic byte, schema id) with a registry, or plain Avro bodies."""
+        return "confluent" if self._registry is not None else "plain"
 
     def decode(
         self, values: Sequence[bytes | None], *, topic: str, partitions: Sequence[int], offsets: Sequence[int]

@@ -88,26 +88,32 @@ class KafkaSettings(_Strict):
     ssl_key_password: SecretStr | None = None
     ssl_key_password_file: Path | None = None
     group_protocol: Literal["classic", "consumer"] = "classic"
-    # Anything else librdkafka understands, passed through as is (e.g. "socket.keepalive.enable").
+    # Anything else librdkafka understands, passed through as is: to both clients (e.g.
+    # "socket.keepalive.enable"), or to one of them (e.g. "session.timeout.ms" for the consumer).
     extra: dict[str, str] = Field(default_factory=dict)
+    consumer_extra: dict[str, str] = Field(default_factory=dict)
+    producer_extra: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _secrets_and_safety(self) -> KafkaSettings:
         _check_readable(
             sasl_password_file=self.sasl_password_file, ssl_key_password_file=self.ssl_key_password_file
         )
-        for key, value in self.extra.items():
-            if value.strip().lower() in UNSAFE_LIBRDKAFKA.get(key, ()):
-                raise ValueError(f"extra.{key}={value!r} switches off TLS verification; refused")
-            if key in OWNED_LIBRDKAFKA:
-                raise ValueError(
-                    f"extra.{key} is set by the worker itself (delivery guarantees depend on it)"
-                )
+        passthrough = {"extra": self.extra, "consumer_extra": self.consumer_extra,
+                       "producer_extra": self.producer_extra}  # fmt: skip
+        for name, settings in passthrough.items():
+            for key, value in settings.items():
+                if value.strip().lower() in UNSAFE_LIBRDKAFKA.get(key, ()):
+                    raise ValueError(f"{name}.{key}={value!r} switches off TLS verification; refused")
+                if key in OWNED_LIBRDKAFKA:
+                    raise ValueError(
+                        f"{name}.{key} is set by the worker itself (delivery guarantees depend on it)"
+                    )
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
             raise ValueError("sasl_mechanism is required with security_protocol " + self.security_protocol)
         return self
 
-    def client_config(self) -> dict[str, Any]:
+    def client_config(self, role: Literal["consumer", "producer"]) -> dict[str, Any]:
         config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers,
                                   "security.protocol": self.security_protocol}  # fmt: skip
         optional = {
@@ -121,6 +127,7 @@ class KafkaSettings(_Strict):
         }
         config.update({k: str(v) for k, v in optional.items() if v is not None})
         config.update(self.extra)
+        config.update(self.consumer_extra if role == "consumer" else self.producer_extra)
         return config
 
 
@@ -237,7 +244,7 @@ class Settings(BaseSettings):
         return self.transactional_id or f"{self.group_id}-{socket.gethostname()}"
 
     def consumer_config(self) -> dict[str, Any]:
-        config = self.kafka.client_config()
+        config = self.kafka.client_config("consumer")
         config.update({
             "group.id": self.group_id,
             "enable.auto.commit": False,
@@ -253,7 +260,7 @@ class Settings(BaseSettings):
         return config
 
     def producer_config(self) -> dict[str, Any]:
-        config = self.kafka.client_config()
+        config = self.kafka.client_config("producer")
         config.update({"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4"})
         if self.delivery == "exactly-once":
             config["transactional.id"] = self.effective_transactional_id()

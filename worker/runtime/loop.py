@@ -73,6 +73,8 @@ class Worker:
         self.paused = False
         self.stopping = False
         self.failed = False  # after a fatal error nothing more is committed, not even on close
+        self.done: dict[TP, int] = {}  # commit points whose outputs are all delivered
+        self.committed: dict[TP, int] = {}  # commit points the broker confirmed
         self._next_pipeline: Pipeline | None = None
         self._first_at = 0.0
         self._last_commit = time.monotonic()
@@ -121,6 +123,7 @@ class Worker:
     def _consumer_config(self) -> dict[str, object]:
         config = self.settings.consumer_config()
         config["error_cb"] = self._on_client_error
+        config["on_commit"] = self._on_commit
         if self.settings.unsafe_commit_on_receipt:  # the negative control of the delivery tests only
             config.update({"enable.auto.commit": True, "enable.auto.offset.store": True,
                            "auto.commit.interval.ms": 200})  # fmt: skip
@@ -232,7 +235,8 @@ class Worker:
         self, batch: list[Message], meta: Meta, result: Processed, in_flight: InFlight | None
     ) -> None:
         """One produce call per output: the only per-event Python left, kept to list lookups."""
-        on_delivery = in_flight.on_delivery if in_flight is not None else _check_delivery
+        # Exactly-once: commit_transaction reports any failed output; unsafe mode: nothing waits for them.
+        on_delivery = in_flight.on_delivery if in_flight is not None else None
         topic = self.settings.output.topic
         by_source = self.settings.output.partitioning == "source"
         out_partitions = self._output_partitions()
@@ -264,7 +268,7 @@ class Worker:
         return tail
 
     def _dead_letter(
-        self, errors: dict[int, RecordError], batch: list[Message], on_delivery: Callable[..., None]
+        self, errors: dict[int, RecordError], batch: list[Message], on_delivery: Callable[..., None] | None
     ) -> None:
         by_stage: dict[Stage, int] = {}
         for row, error in errors.items():
@@ -276,7 +280,7 @@ class Worker:
 
     def _send(  # noqa: PLR0917 - the hot path: one call per output, no kwargs packing
         self, topic: str, value: bytes | None, key: bytes | None, partition: int,
-        hdrs: list[tuple[str, bytes]], on_delivery: Callable[..., None],
+        hdrs: list[tuple[str, bytes]], on_delivery: Callable[..., None] | None,
     ) -> None:  # fmt: skip
         while True:
             try:
@@ -324,34 +328,55 @@ class Worker:
             self._rewind()
 
     def _rewind(self) -> None:
+        """After an abort: forget what was consumed and go back to the committed offsets."""
         self._take_pending()
-        assignment = [TopicPartition(t, p) for t, p in self.assigned]
-        for tp in self.consumer.committed(assignment, timeout=30):
+        assignment = self.consumer.assignment()
+        for tp in self.consumer.committed(assignment, timeout=30) if assignment else ():
+            # OFFSET_BEGINNING when nothing was committed yet: auto.offset.reset is "earliest"
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else -2))
 
     # --- committing -------------------------------------------------------------------------------------
 
     def _settle(self, force: bool = False) -> None:
+        """Commit, per assigned partition, the point its delivered outputs reached, unless already confirmed.
+
+        ``done`` keeps the points the tracker released until the broker confirmed them (``committed``), so a
+        commit that fails (a rebalance in progress) is simply sent again by the next one.
+        """
         failed = self.tracker.failed()
         if failed is not None:
             raise FatalError(f"an output was not delivered: {failed}")
         now = time.monotonic()
-        if not force and (now - self._last_commit) * 1000 < self.settings.commit_interval_ms:
+        if self.breaker.open or (
+            not force and (now - self._last_commit) * 1000 < self.settings.commit_interval_ms
+        ):
             return
         self._last_commit = now
-        points = self.tracker.advance()
-        mine = [TopicPartition(t, p, o) for (t, p), o in points.items() if (t, p) in self.assigned]
-        if not mine or self.settings.unsafe_commit_on_receipt:
-            return
+        self.done.update(self.tracker.advance())
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self.done.items()
+                   if (t, p) in self.assigned and self.committed.get((t, p), -1) < o]  # fmt: skip
+        if offsets and not self.settings.unsafe_commit_on_receipt:
+            self._commit(offsets, wait=force)
+
+    def _commit(self, offsets: list[TopicPartition], *, wait: bool) -> None:
         started = time.perf_counter()
         try:
-            if force:
-                self.consumer.commit(offsets=mine, asynchronous=False)
+            if wait:
+                self._on_commit(None, self.consumer.commit(offsets=offsets, asynchronous=False))
             else:
-                self.consumer.commit(offsets=mine, asynchronous=True)
+                self.consumer.commit(offsets=offsets, asynchronous=True)  # confirmed in _on_commit
         except KafkaException as exc:
-            log.warning("commit failed; the next one covers it", extra={"error": str(exc.args[0])})
+            log.warning("commit failed; the next one sends it again", extra={"error": str(exc.args[0])})
         self.metrics.observe_commit(time.perf_counter() - started)
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition] | None) -> None:
+        """Commit results (librdkafka's offset_commit_cb, and sync commits): remember what the broker took."""
+        if error is not None and error.code() != KafkaError._NO_OFFSET:
+            log.warning("commit failed; the next one sends it again", extra={"error": str(error)})
+        for tp in partitions or ():
+            key = (tp.topic, tp.partition)
+            if tp.error is None and tp.offset >= 0 and key in self.assigned:
+                self.committed[key] = max(tp.offset, self.committed.get(key, -1))
 
     def _flush(self, budget_s: float) -> None:
         """Serve deliveries until every output is acknowledged, one failed, or the budget is spent."""
@@ -378,8 +403,7 @@ class Worker:
                 self._settle(force=True)
             except FatalError:
                 log.error("outputs of revoked partitions failed: not committing them")
-        self.tracker.forget(revoked)
-        self.assigned -= revoked
+        self._forget(revoked)
         self.metrics.rebalance("revoke", len(partitions))
         self._publish_assignment()
         log.info("partitions revoked", extra={"partitions": _names(partitions)})
@@ -387,11 +411,18 @@ class Worker:
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         lost = {(tp.topic, tp.partition) for tp in partitions}
         self._drop_pending(lost)
-        self.tracker.forget(lost)
-        self.assigned -= lost
+        self._forget(lost)
         self.metrics.rebalance("lost", len(partitions))
         self._publish_assignment()
         log.warning("partitions lost: in-flight work dropped", extra={"partitions": _names(partitions)})
+
+    def _forget(self, partitions: set[TP]) -> None:
+        """Partitions no longer ours: their offsets are not ours to commit any more."""
+        self.tracker.forget(partitions)
+        for tp in partitions:
+            self.done.pop(tp, None)
+            self.committed.pop(tp, None)
+        self.assigned -= partitions
 
     def _publish_assignment(self) -> None:
         self.metrics.set_assigned(len(self.assigned))
@@ -446,11 +477,6 @@ class Worker:
             self.producer.flush(0 if self.failed else self.settings.shutdown_budget_ms / 1000)
         except (KafkaException, RuntimeError) as exc:
             log.warning("error while closing", extra={"error": str(exc)})
-
-
-def _check_delivery(error: KafkaError | None, _message: Message) -> None:
-    if error is not None:
-        raise FatalError(f"an output was not delivered: {error}")
 
 
 def _names(partitions: list[TopicPartition]) -> list[str]:

@@ -81,6 +81,7 @@ class Pipeline:
     ) -> None:
         check_contract(decoder.leaves, graph)
         self.decoder = decoder
+        self.framed = decoder.framing == "confluent"
         self.graph = graph
         self.encoder = encoder
         self.on_node = on_node
@@ -103,6 +104,8 @@ class Pipeline:
                 int(meta.offsets[i]),
             )
             error.key, error.value = meta.keys[i], meta.values[i]
+            if error.schema_id is None and self.framed:  # a graph or encode error: the writer id is known
+                error.schema_id = _schema_id(meta.values[i])
         score_rows = rows[0] if len(rows) == 1 else np.concatenate(rows) if rows else np.empty(0, np.int64)
         return Processed(score_rows, scores, errors)
 
@@ -118,6 +121,13 @@ class Pipeline:
         encoded = self.encoder.encode(scored.columns)
         errors.update((int(decoded.rows[scored.rows[i]]), e) for i, e in encoded.errors.items())
         return Processed(decoded.rows[scored.rows[encoded.rows]], encoded.values, errors)
+
+
+def _schema_id(value: bytes | None) -> int | None:
+    """The writer schema id of a Confluent-framed value, when it has the framing."""
+    if value is None or len(value) < 5 or value[0] != 0:
+        return None
+    return int.from_bytes(value[1:5], "big")
 
 
 def by_topic(topics: list[str]) -> list[tuple[str, Rows]]:

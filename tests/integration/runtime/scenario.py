@@ -89,7 +89,7 @@ def worker_settings(
         "commit_interval_ms": 500,
         "kafka": {
             "bootstrap_servers": bootstrap_servers,
-            "extra": {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"},
+            "consumer_extra": {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"},
         },
         "schema_registry": {"url": registry_url},
         "input": {"topics": [input_topic], "reader_schema": EVENT_SCHEMA},
