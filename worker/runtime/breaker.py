@@ -41,11 +41,29 @@ class CircuitBreaker:
             return True
         if self.open:
             return False
+        if not invalid.any() and self._all_valid(topic, partitions):
+            return True
         verdicts = [self._judge((topic, int(p)), invalid[partitions == p]) for p in np.unique(partitions)]
         tripped = next((v for v in verdicts if v is not None), None)
         if tripped is not None:
             self.reason = tripped
             return False
+        return True
+
+    def _all_valid(self, topic: str, partitions: npt.NDArray[np.int64]) -> bool:
+        """The common case: no invalid record, so every run ends and windows just fill. False (nothing
+        changed) when a window this batch completes holds too many invalid records from before."""
+        window, ratio = self.settings.window_records, self.settings.max_invalid_ratio
+        ids, counts = np.unique(partitions, return_counts=True)
+        states = [self._partitions.setdefault((topic, p), _Partition()) for p in ids.tolist()]
+        seen = [state.window_seen + n for state, n in zip(states, counts.tolist(), strict=True)]
+        if any(s >= window and st.window_invalid / s > ratio for st, s in zip(states, seen, strict=True)):
+            return False
+        for state, total in zip(states, seen, strict=True):
+            state.run = 0
+            state.window_seen, state.window_invalid = (
+                (0, 0) if total >= window else (total, state.window_invalid)
+            )
         return True
 
     def _judge(self, tp: tuple[str, int], invalid: npt.NDArray[np.bool_]) -> str | None:

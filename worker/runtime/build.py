@@ -6,8 +6,6 @@ joins its consumer group, with a ``ConfigError`` naming the field or node.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from worker.avro.decoder import BatchDecoder
 from worker.avro.encoder import ScoreEncoder
 from worker.avro.guards import Limits
@@ -39,7 +37,6 @@ def _schema(path: object, field: str) -> AvroSchema:
 def build_pipeline(
     settings: Settings,
     registry: SchemaRegistryClient | None,
-    on_node: Callable[[str, float], None] | None = None,
 ) -> Pipeline:
     """Decoder, compiled graph and encoder for ``settings``; may block on the registry and model loading."""
     reader = _schema(settings.input.reader_schema, "input.reader_schema")
@@ -66,4 +63,4 @@ def build_pipeline(
                                          auto_register=settings.schema_registry.auto_register)  # fmt: skip
     else:
         encoder = ScoreEncoder(score_schema)
-    return Pipeline(decoder, graph, encoder, on_node=on_node)
+    return Pipeline(decoder, graph, encoder)

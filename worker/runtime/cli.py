@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,15 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_logging(settings.log_level)
     metrics = Metrics()
-    pipeline = build_pipeline(settings, registry_client(settings), on_node=metrics.observe_node)
+    pipeline = build_pipeline(settings, registry_client(settings))
     if args.check:
         graph = pipeline.graph
         print(f"ok: graph {graph.spec.name} ({graph.digest[:12]}), models {', '.join(graph.model_ids)}")
         return 0
+    # Startup objects (models, schemas, the graph) live as long as the process: keep them out of the
+    # collector's full passes, which otherwise stall a batch by tens of milliseconds.
+    gc.collect()
+    gc.freeze()
     health = Health(settings.stall_after_s)
     with HealthServer(health, metrics, settings.metrics_host, settings.metrics_port) as server:
         log.info("http server listening", extra={"port": server.port, "host": settings.metrics_host})

@@ -189,7 +189,9 @@ class Worker:
             return  # tripped: nothing more goes out or gets committed
         started = time.perf_counter()
         meta = Meta.of(batch)
-        result = self.pipeline.process(meta)
+        timings: list[tuple[str, float]] = []
+        result = self.pipeline.process(meta, on_node=lambda node, t: timings.append((node, t)))
+        self.metrics.observe_nodes(timings)
         if not self._admit(meta, result):
             return
         for topic, at in by_topic(meta.topics):

@@ -110,10 +110,10 @@ class Metrics:
         self._batch_seconds = Histogram(
             "rtml_batch_seconds", "Seconds to process one batch.", buckets=SECONDS_BUCKETS, registry=r
         )
-        self._node_seconds = Histogram(
-            "rtml_node_seconds", "Seconds per graph node per batch.", ["node"], buckets=SECONDS_BUCKETS,
-            registry=r,
-        )  # fmt: skip
+        self._node_seconds = _NodeHistograms(
+            "rtml_node_seconds", "Seconds per graph node per batch.", SECONDS_BUCKETS
+        )
+        r.register(self._node_seconds)
         self._end_to_end = _BatchHistogram(
             "rtml_end_to_end_seconds", "Seconds from the event's timestamp to its score being produced.",
             END_TO_END_BUCKETS,
@@ -166,8 +166,12 @@ class Metrics:
         self._batch_seconds.observe(seconds)
 
     def observe_node(self, node_id: str, seconds: float) -> None:
-        """Record one node's time on one batch; fits the graph's ``on_node`` callback."""
-        self._node_seconds.labels(node=node_id).observe(seconds)
+        """One node's time for one batch (fits the graph's ``on_node`` callback)."""
+        self._node_seconds.observe(node_id, seconds)
+
+    def observe_nodes(self, timings: Sequence[tuple[str, float]]) -> None:
+        """Every node's time for one batch at once: one bucket search for the whole graph."""
+        self._node_seconds.observe_all(timings)
 
     def observe_end_to_end(self, seconds: Sequence[float] | npt.NDArray[np.floating]) -> None:
         """Record the end-to-end latency of every event of a batch at once (vectorised).
@@ -252,3 +256,44 @@ class _BatchHistogram:
             total = self._sum
         buckets = [(label, float(c)) for label, c in zip(self._labels, cumulative, strict=True)]
         yield HistogramMetricFamily(self._name, self._doc, buckets=buckets, sum_value=total)
+
+
+class _NodeHistograms:
+    """``rtml_node_seconds{node}``: per-node bucket counts, fed a batch's timings of all nodes at once."""
+
+    def __init__(self, name: MetricName, documentation: str, bounds: Sequence[float]) -> None:
+        self._name, self._doc = name, documentation
+        self._bounds = np.asarray(bounds, dtype=np.float64)
+        go: Callable[[float], str] = floatToGoString
+        self._labels = [go(b) for b in bounds] + ["+Inf"]
+        self._counts: dict[str, npt.NDArray[np.int64]] = {}
+        self._sums: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, node: str, seconds: float) -> None:
+        self.observe_all([(node, seconds)])
+
+    def observe_all(self, timings: Sequence[tuple[str, float]]) -> None:
+        if not timings:
+            return
+        buckets = np.searchsorted(self._bounds, [max(t, 0.0) for _, t in timings], side="left").tolist()
+        with self._lock:
+            for (node, seconds), bucket in zip(timings, buckets, strict=True):
+                counts = self._counts.get(node)
+                if counts is None:
+                    counts = self._counts[node] = np.zeros(len(self._labels), dtype=np.int64)
+                    self._sums[node] = 0.0
+                counts[bucket] += 1
+                self._sums[node] += seconds
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self._name, self._doc, labels=["node"])
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._doc, labels=["node"])
+        with self._lock:
+            snapshot = [(node, np.cumsum(c), self._sums[node]) for node, c in self._counts.items()]
+        for node, cumulative, total in snapshot:
+            buckets = [(label, float(c)) for label, c in zip(self._labels, cumulative, strict=True)]
+            family.add_metric([node], buckets, total)
+        yield family

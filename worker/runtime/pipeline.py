@@ -77,23 +77,21 @@ class Pipeline:
         decoder: BatchDecoder,
         graph: CompiledGraph,
         encoder: ScoreEncoder,
-        on_node: Callable[[str, float], None] | None = None,
     ) -> None:
         check_contract(decoder.leaves, graph)
         self.decoder = decoder
         self.framed = decoder.framing == "confluent"
         self.graph = graph
         self.encoder = encoder
-        self.on_node = on_node
 
-    def process(self, meta: Meta) -> Processed:
+    def process(self, meta: Meta, on_node: Callable[[str, float], None] | None = None) -> Processed:
         """Score one batch (no message carries an error); never raises for a bad row."""
         rows: list[Rows] = []
         scores: list[bytes] = []
         errors: dict[int, RecordError] = {}
         for topic, at in by_topic(meta.topics):
             values = meta.values if len(at) == len(meta.values) else [meta.values[i] for i in at.tolist()]
-            got = self._process_topic(topic, values, meta.partitions[at], meta.offsets[at])
+            got = self._process_topic(topic, values, meta.partitions[at], meta.offsets[at], on_node)
             rows.append(at[got.score_rows])
             scores.extend(got.score_values)
             errors.update((int(at[i]), e) for i, e in got.errors.items())
@@ -110,12 +108,17 @@ class Pipeline:
         return Processed(score_rows, scores, errors)
 
     def _process_topic(
-        self, topic: str, values: list[bytes | None], partitions: Rows, offsets: Rows
+        self,
+        topic: str,
+        values: list[bytes | None],
+        partitions: Rows,
+        offsets: Rows,
+        on_node: Callable[[str, float], None] | None,
     ) -> Processed:
         decoded = self.decoder.decode(
             values, topic=topic, partitions=partitions.tolist(), offsets=offsets.tolist()
         )
-        scored = self.graph.run(decoded.columns, on_node=self.on_node)
+        scored = self.graph.run(decoded.columns, on_node=on_node)
         errors: dict[int, RecordError] = dict(decoded.errors)
         errors.update((int(decoded.rows[i]), e) for i, e in scored.errors.items())
         encoded = self.encoder.encode(scored.columns)
