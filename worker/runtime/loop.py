@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -117,8 +118,9 @@ class Worker:
             log.info("signal received: draining", extra={"signal": signal.Signals(signum).name})
             self.stop()
 
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        if threading.current_thread() is threading.main_thread():  # embedded in a thread: the host stops it
+            signal.signal(signal.SIGTERM, handler)
+            signal.signal(signal.SIGINT, handler)
 
     def _consumer_config(self) -> dict[str, object]:
         config = self.settings.consumer_config()
