@@ -311,20 +311,21 @@ class Worker:
         return int(cached)
 
     def _produce_transaction(self, batch: list[Message], meta: Meta, result: Processed) -> None:
+        """One transaction: the batch's outputs and its input offsets, committed together or not at all."""
         try:
             self.producer.begin_transaction()
             self._produce(batch, meta, result, None)
             commit_offsets = [TopicPartition(t, p, o) for (t, p), o in meta.next_offsets().items()]
             started = time.perf_counter()
-            self.producer.send_offsets_to_transaction(
-                commit_offsets, self.consumer.consumer_group_metadata(), 30
-            )
-            self.producer.commit_transaction(30)
+            _retrying(lambda: self.producer.send_offsets_to_transaction(
+                commit_offsets, self.consumer.consumer_group_metadata(), 30))  # fmt: skip
+            _retrying(lambda: self.producer.commit_transaction(30))
             self.metrics.observe_commit(time.perf_counter() - started)
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.fatal() or not error.txn_requires_abort():
                 raise FatalError(f"transaction: {error}") from exc
+            # e.g. a rebalance moved the group on (ILLEGAL_GENERATION): nothing of the batch is visible
             log.warning(
                 "transaction aborted: rewinding to the committed offsets", extra={"error": str(error)}
             )
@@ -481,6 +482,18 @@ class Worker:
             self.producer.flush(0 if self.failed else self.settings.shutdown_budget_ms / 1000)
         except (KafkaException, RuntimeError) as exc:
             log.warning("error while closing", extra={"error": str(exc)})
+
+
+def _retrying(call: Callable[[], object], attempts: int = 3) -> None:
+    """A transactional call, again after a retriable error (a timeout): librdkafka allows the same call."""
+    for attempt in range(attempts):
+        try:
+            call()
+            return
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or attempt == attempts - 1:
+                raise
+            log.warning("retrying a transactional call", extra={"error": str(exc.args[0])})
 
 
 def _names(partitions: list[TopicPartition]) -> list[str]:
