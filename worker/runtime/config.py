@@ -51,6 +51,7 @@ OWNED_LIBRDKAFKA = {
     "enable.idempotence",
     "isolation.level",
     "partition.assignment.strategy",
+    "enable.gapless.guarantee",
 }
 
 
@@ -262,6 +263,9 @@ class Settings(BaseSettings):
     def producer_config(self) -> dict[str, Any]:
         config = self.kafka.client_config("producer")
         config.update({"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4"})
+        if self.delivery == "at-least-once":
+            # Any failed delivery is fatal, so one delivery report can stand for its partition's batch.
+            config["enable.gapless.guarantee"] = True
         if self.delivery == "exactly-once":
             config["transactional.id"] = self.effective_transactional_id()
             config["transaction.timeout.ms"] = self.transaction_timeout_ms

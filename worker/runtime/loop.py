@@ -42,7 +42,7 @@ from worker.runtime.breaker import CircuitBreaker
 from worker.runtime.config import Settings
 from worker.runtime.health import Health
 from worker.runtime.metrics import Metrics
-from worker.runtime.pipeline import Meta, Pipeline, Processed, by_topic
+from worker.runtime.pipeline import Meta, Pipeline, Processed
 from worker.runtime.tracker import CommitTracker, InFlight
 
 log = logging.getLogger("worker.runtime")
@@ -65,7 +65,8 @@ class Worker:
         self.health = health
         self.exactly_once = settings.delivery == "exactly-once"
         self.consumer = Consumer(self._consumer_config())
-        self.producer = Producer(settings.producer_config())
+        self.producer = Producer({**settings.producer_config(), "error_cb": self._on_producer_error})
+        self._producer_fatal: str | None = None
         self.tracker = CommitTracker()
         self.breaker = CircuitBreaker(settings.breaker)
         self.assigned: set[TP] = set()
@@ -135,6 +136,8 @@ class Worker:
 
     def _turn(self) -> None:
         self.health.beat()
+        if self._producer_fatal is not None:
+            raise FatalError(f"producer: {self._producer_fatal}")
         batching = self.settings.batch
         room = batching.max_records - len(self.pending)
         messages = self.consumer.consume(room, 0) if room > 0 and not self.paused else []
@@ -196,12 +199,12 @@ class Worker:
         self.metrics.observe_nodes(timings)
         if not self._admit(meta, result):
             return
-        for topic, at in by_topic(meta.topics):
+        for topic, at in meta.groups:
             self.metrics.events_in(topic, len(at))
         if self.exactly_once:
             self._produce_transaction(batch, meta, result)
         else:
-            self._produce(batch, meta, result, self._track(meta, len(batch)))
+            self._produce(batch, meta, result, self._track(meta))
         self.metrics.observe_in_worker(time.monotonic() - np.asarray(received))
         self.metrics.events_out(len(result.score_values))
         self.metrics.observe_batch(len(batch), time.perf_counter() - started)
@@ -217,7 +220,7 @@ class Worker:
         invalid = np.zeros(len(meta.topics), dtype=np.bool_)
         invalid[list(result.errors)] = True
         parts = meta.partitions
-        if all(self.breaker.admit(t, parts[at], invalid[at]) for t, at in by_topic(meta.topics)):
+        if all(self.breaker.admit(t, parts[at], invalid[at]) for t, at in meta.groups):
             return True
         log.error("circuit breaker open: pausing, nothing more is produced or committed",
                   extra={"reason": self.breaker.reason})  # fmt: skip
@@ -228,22 +231,31 @@ class Worker:
 
     # --- producing --------------------------------------------------------------------------------------
 
-    def _track(self, meta: Meta, outputs: int) -> InFlight | None:
+    def _track(self, meta: Meta) -> InFlight | None:
         if self.settings.unsafe_commit_on_receipt:
             return None
-        in_flight = InFlight(meta.next_offsets(), outstanding=outputs)
+        in_flight = InFlight(meta.next_offsets())
         self.tracker.track(in_flight)
         return in_flight
 
     def _produce(
         self, batch: list[Message], meta: Meta, result: Processed, in_flight: InFlight | None
     ) -> None:
-        """One produce call per output: the only per-event Python left, kept to list lookups."""
+        """One produce call per output: the only per-event Python left, kept to list lookups.
+
+        Delivery reports: one per output partition of the batch, on its last score. The idempotent
+        producer delivers a partition's messages in order and, with the gapless guarantee, turns any
+        failure into a fatal error, so that report stands for every score before it. Scores partitioned by
+        key (partition unknown here) and dead-letter records get one report each.
+        """
         # Exactly-once: commit_transaction reports any failed output; unsafe mode: nothing waits for them.
         on_delivery = in_flight.on_delivery if in_flight is not None else None
         topic = self.settings.output.topic
         by_source = self.settings.output.partitioning == "source"
-        out_partitions = self._output_partitions()
+        out_parts = (meta.partitions[result.score_rows] % self._output_partitions()).tolist()
+        reports = self._report_on(out_parts, on_delivery, by_source)
+        if in_flight is not None:
+            in_flight.outstanding += sum(r is not None for r in reports) + len(result.errors)
         rows = result.score_rows.tolist()
         parts = meta.partitions[result.score_rows].tolist()
         offsets = meta.offsets[result.score_rows].tolist()
@@ -253,16 +265,29 @@ class Worker:
         produce = self.producer.produce
         confluent = self.settings.input.framing == "confluent"
         for k, value in enumerate(result.score_values):
-            row, part = rows[k], parts[k]
+            row = rows[k]
             raw = values[row]
             tail = schema_tail(raw[1:5] if confluent and raw else b"")
-            hdrs = headers.lineage(source[(meta.topics[row], part)], offsets[k], tail)
-            partition = part % out_partitions if by_source else -1
+            hdrs = headers.lineage(source[(meta.topics[row], parts[k])], offsets[k], tail)
+            partition = out_parts[k] if by_source else -1
             try:
-                produce(topic, value, keys[row], partition=partition, headers=hdrs, on_delivery=on_delivery)  # type: ignore[arg-type]
+                produce(topic, value, keys[row], partition=partition, headers=hdrs, on_delivery=reports[k])  # type: ignore[arg-type]
             except BufferError:  # the local queue is full: serve deliveries, then try again
-                self._send(topic, value, keys[row], partition, hdrs, on_delivery)
+                self._send(topic, value, keys[row], partition, hdrs, reports[k])
         self._dead_letter(result.errors, batch, on_delivery)
+
+    @staticmethod
+    def _report_on(
+        out_parts: list[int], on_delivery: Callable[..., None] | None, by_source: bool
+    ) -> list[Callable[..., None] | None]:
+        """The delivery callback of each score: on the last one per output partition, or on all."""
+        if on_delivery is None or not by_source:
+            return [on_delivery] * len(out_parts)
+        reports: list[Callable[..., None] | None] = [None] * len(out_parts)
+        last = {part: k for k, part in enumerate(out_parts)}  # per partition, its last index wins
+        for k in last.values():
+            reports[k] = on_delivery
+        return reports
 
     def _schema_tail(self, schema_id: bytes) -> tuple[tuple[str, bytes], ...]:
         """The constant headers after the offset: graph, models and the writer schema id (cached per id)."""
@@ -432,6 +457,12 @@ class Worker:
     def _publish_assignment(self) -> None:
         self.metrics.set_assigned(len(self.assigned))
         self.health.set_assigned(len(self.assigned))
+
+    def _on_producer_error(self, error: KafkaError) -> None:
+        """A fatal producer error (a gap in a partition's deliveries): the loop stops at its next turn."""
+        if error.fatal():
+            self._producer_fatal = str(error)
+        self._on_client_error(error)
 
     def _on_client_error(self, error: KafkaError) -> None:
         if error.fatal():

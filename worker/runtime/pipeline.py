@@ -35,25 +35,31 @@ class Meta:
     keys: list[bytes | None]
     values: list[bytes | None]
     timestamps_ms: npt.NDArray[np.float64]  # NaN where the message has none
+    groups: list[tuple[str, Rows]]  # row indices per topic, in consume order
 
     @classmethod
     def of(cls, messages: Sequence[Message]) -> Meta:
         n = len(messages)
-        stamps = np.fromiter((m.timestamp()[1] for m in messages), np.float64, n)
+        # One pass for the numbers, built into an array in C: cheaper than three generator passes.
+        numbers = np.array([(m.partition(), m.offset(), m.timestamp()[1]) for m in messages], dtype=np.int64)
+        numbers = numbers.reshape(n, 3)
+        stamps = numbers[:, 2].astype(np.float64)
         stamps[stamps <= 0] = np.nan  # -1: the message has no timestamp
+        topics: list[str] = [m.topic() for m in messages]  # type: ignore[misc]  # consumed: never None
         return cls(
-            topics=[m.topic() for m in messages],  # type: ignore[misc]  # consumed: never None
-            partitions=np.fromiter((m.partition() for m in messages), np.int64, n),
-            offsets=np.fromiter((m.offset() for m in messages), np.int64, n),
+            topics=topics,
+            partitions=numbers[:, 0].copy(),
+            offsets=numbers[:, 1].copy(),
             keys=[m.key() for m in messages],
             values=[m.value() for m in messages],
             timestamps_ms=stamps,
+            groups=by_topic(topics),
         )
 
     def next_offsets(self) -> dict[tuple[str, int], int]:
         """Per partition, the offset after the batch's last message of it: the batch's commit point."""
         points: dict[tuple[str, int], int] = {}
-        for topic, at in by_topic(self.topics):
+        for topic, at in self.groups:
             parts, offs = self.partitions[at], self.offsets[at]
             for p in np.unique(parts).tolist():
                 points[(topic, p)] = int(offs[parts == p].max()) + 1
@@ -89,7 +95,7 @@ class Pipeline:
         rows: list[Rows] = []
         scores: list[bytes] = []
         errors: dict[int, RecordError] = {}
-        for topic, at in by_topic(meta.topics):
+        for topic, at in meta.groups:
             values = meta.values if len(at) == len(meta.values) else [meta.values[i] for i in at.tolist()]
             got = self._process_topic(topic, values, meta.partitions[at], meta.offsets[at], on_node)
             rows.append(at[got.score_rows])
@@ -136,7 +142,7 @@ def _schema_id(value: bytes | None) -> int | None:
 def by_topic(topics: list[str]) -> list[tuple[str, Rows]]:
     """Row indices per topic, in consume order; one group (no copy work) in the common one-topic case."""
     first = topics[0] if topics else ""
-    if all(t == first for t in topics):
+    if topics.count(first) == len(topics):
         return [(first, np.arange(len(topics), dtype=np.int64))] if topics else []
     names = np.array(topics, dtype=object)
     return [(t, np.flatnonzero(names == t).astype(np.int64)) for t in dict.fromkeys(topics)]
