@@ -4,7 +4,7 @@
 and fatal errors) and read by the HTTP thread; a lock makes that safe, and no method blocks beyond it.
 
     alive  = no fatal error  and  the loop turned within ``stall_after_s``
-    ready  = alive  and  at least one partition assigned  and  the breaker closed
+    ready  = alive  and  at least one partition assigned  and  the breaker closed  and  no dependency down
 
 `HealthServer` serves, from a daemon thread:
 
@@ -51,6 +51,7 @@ class Health:
         self._last_beat = clock()
         self._assigned = 0
         self._breaker: str | None = None
+        self._dependency: str | None = None
         self._fatal: str | None = None
 
     def beat(self) -> None:
@@ -68,6 +69,11 @@ class Health:
         """Open the breaker with ``reason``, or close it with None."""
         with self._lock:
             self._breaker = reason
+
+    def set_dependency_down(self, reason: str | None) -> None:
+        """A dependency the loop waits for (the registry) is down with ``reason``, or back with None."""
+        with self._lock:
+            self._dependency = reason
 
     def set_fatal(self, reason: str) -> None:
         """The worker cannot go on (e.g. a fenced producer): liveness fails; the first reason stays."""
@@ -91,14 +97,17 @@ class Health:
         return True, "ok"
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, reason): ready when alive, assigned at least one partition and the breaker is closed."""
+        """(ready, reason): ready when alive, assigned at least one partition, the breaker closed and no
+        dependency down."""
         alive, reason = self.liveness()
         if not alive:
             return False, reason
         with self._lock:
-            assigned, breaker = self._assigned, self._breaker
+            assigned, breaker, dependency = self._assigned, self._breaker, self._dependency
         if breaker is not None:
             return False, f"breaker open: {breaker}"
+        if dependency is not None:
+            return False, f"waiting: {dependency}"
         if assigned < 1:
             return False, "no partitions assigned"
         return True, "ok"

@@ -36,7 +36,7 @@ from types import FrameType
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from worker.errors import InfrastructureError, RecordError, Stage
+from worker.errors import InfrastructureError, RecordError, RegistryUnavailable, Stage
 from worker.runtime import headers
 from worker.runtime.breaker import CircuitBreaker
 from worker.runtime.config import Settings
@@ -49,6 +49,7 @@ log = logging.getLogger("worker.runtime")
 TP = tuple[str, int]
 IDLE_BLOCK_S = 0.1
 LAG_EVERY_S = 5.0
+REGISTRY_BACKOFF_MAX_S = 30.0
 
 
 class FatalError(Exception):
@@ -78,6 +79,8 @@ class Worker:
         self.done: dict[TP, int] = {}  # commit points whose outputs are all delivered
         self.committed: dict[TP, int] = {}  # commit points the broker confirmed
         self._next_pipeline: Pipeline | None = None
+        self._registry_retry_at: float | None = None  # set while a batch waits for the registry
+        self._registry_backoff = 0.0
         self._first_at = 0.0
         self._last_commit = time.monotonic()
         self._last_lag = 0.0
@@ -154,9 +157,14 @@ class Worker:
             self.pending.extend(valid)
             self.received.extend([now] * len(valid))
         due = now - self._first_at >= batching.max_wait_ms / 1000
-        if self.pending and (len(self.pending) >= batching.max_records or due or self.paused):
+        if self._registry_retry_at is not None:
+            if now >= self._registry_retry_at:
+                self._retry_registry()
+            else:
+                time.sleep(0.01)  # partitions are paused; the loop keeps polling for the group's sake
+        elif self.pending and (len(self.pending) >= batching.max_records or due or self.paused):
             batch, received = self._take_pending()
-            self._process(batch, received)
+            self._process_or_wait(batch, received)
         elif self.pending:
             time.sleep(0.0005)  # waiting for the batch to fill: let librdkafka's threads fetch
         self.producer.poll(0)
@@ -186,6 +194,30 @@ class Worker:
             if error is not None:
                 log.warning("consumer error", extra={"error": str(error)})
         return good
+
+    def _process_or_wait(self, batch: list[Message], received: list[float]) -> None:
+        """Process the batch; if the registry is down, keep it and try again later (never dead-letter)."""
+        try:
+            self._process(batch, received)
+        except RegistryUnavailable as exc:
+            self.pending, self.received = batch + self.pending, received + self.received
+            self._registry_backoff = min(2 * self._registry_backoff or 0.5, REGISTRY_BACKOFF_MAX_S)
+            self._registry_retry_at = time.monotonic() + self._registry_backoff
+            log.warning("schema registry unavailable: the batch waits, partitions paused",
+                        extra={"error": str(exc), "retry_in_s": self._registry_backoff})  # fmt: skip
+            self.health.set_dependency_down(f"schema registry: {exc}")
+            self._pause()
+            return
+        if self._registry_backoff:
+            self._registry_backoff = 0.0
+            self.health.set_dependency_down(None)
+
+    def _retry_registry(self) -> None:
+        self._registry_retry_at = None
+        batch, received = self._take_pending()
+        self._process_or_wait(batch, received)
+        if self._registry_retry_at is None:  # it went through: fetch again
+            self._resume()
 
     def _process(self, batch: list[Message], received: list[float]) -> None:
         if self._next_pipeline is not None:
@@ -473,15 +505,18 @@ class Worker:
 
     def _backpressure(self) -> None:
         limit = self.settings.batch.max_in_flight
-        if self.breaker.open:
+        if self.breaker.open or self._registry_retry_at is not None:
             return
         outstanding = self.tracker.outstanding if not self.exactly_once else len(self.producer)
         if not self.paused and outstanding > limit:
             self._pause()
         elif self.paused and outstanding <= limit // 2:
-            self.paused = False
-            self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
-            self.metrics.set_paused(0)
+            self._resume()
+
+    def _resume(self) -> None:
+        self.paused = False
+        self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
+        self.metrics.set_paused(0)
 
     def _pause(self) -> None:
         self.paused = True
