@@ -1,32 +1,30 @@
 """The process side of the streaming tests: worker replicas as real processes, and waiting on their group.
 
-``write_config`` writes the TOML a replica reads; ``Replica`` runs ``python -m worker run --config FILE`` with
-its own environment and one log file per start (stdout and stderr), and can be SIGKILLed, SIGTERMed, waited
-for and restarted; ``Fleet`` holds the replicas of one consumer group, gives each a stable transactional id
-(so a restarted replica fences its previous self, as a pod name would), and notices a replica that exits on
-its own. ``wait_committed`` polls the group's committed offsets until they reach the targets, and fails the
-test loudly, with the offsets and the replicas' logs, when the timeout passes or a replica dies.
+``write_config`` writes the TOML a replica reads; ``Replica`` runs ``python -m worker run --config FILE`` (a
+``worker.testing.WorkerProcess`` per start) with its own environment and one log file per start (stdout and
+stderr), and can be SIGKILLed, SIGTERMed, waited for and restarted, failing the test when it does not comply;
+``Fleet`` holds the replicas of one consumer group, gives each a stable transactional id (so a restarted
+replica fences its previous self, as a pod name would), and notices a replica that exits on its own.
+``wait_committed`` polls the group's committed offsets until they reach the targets, and fails the test
+loudly, with the offsets and the replicas' logs, when the timeout passes or a replica dies.
 Blocking; called by the runtime tests only.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
+
+from worker.testing import WorkerProcess, WorkerProcessError
 
 ROOT = Path(__file__).resolve().parents[3]
 LOG_TAIL_LINES = 40
@@ -69,37 +67,30 @@ class Replica:
         self.name = name
         self.config = config
         self.log_dir = log_dir
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.env = dict(env)
         self.starts = 0
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log_path: Path | None = None
-        self._log: IO[bytes] | None = None
+        self.process: WorkerProcess | None = None  # the current (or last) start
         self.expected_exit = False  # set when the test stops it, so an exit of its own can be noticed
 
     def start(self) -> None:
         if self.alive:
             raise RuntimeError(f"{self.name} is already running")
         self.starts += 1
-        self.log_path = self.log_dir / f"{self.name}.{self.starts}.log"
-        if self._log is not None:
-            self._log.close()
-        self._log = self.log_path.open("wb")
         self.expected_exit = False
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run", "--config", str(self.config)],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        log_path = self.log_dir / f"{self.name}.{self.starts}.log"
+        self.process = WorkerProcess.start(self.config, log_path, env=self.env, cwd=ROOT)
+
+    @property
+    def log_path(self) -> Path | None:
+        return None if self.process is None else self.process.log_path
 
     @property
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self.process is not None and self.process.alive
 
     @property
     def returncode(self) -> int | None:
-        return None if self.process is None else self.process.poll()
+        return None if self.process is None else self.process.returncode
 
     def sigkill(self) -> None:
         self._signal(signal.SIGKILL)
@@ -110,16 +101,15 @@ class Replica:
 
     def _signal(self, signum: int) -> None:
         self.expected_exit = True
-        if self.alive:
-            assert self.process is not None
-            self.process.send_signal(signum)
+        if self.process is not None:
+            self.process.signal(signum)
 
     def wait(self, timeout_s: float) -> int:
         """The exit code; fails the test (with the log) when the process still runs after ``timeout_s``."""
         assert self.process is not None
         try:
             return self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
+        except WorkerProcessError:
             pytest.fail(f"{self.name} did not exit within {timeout_s} s\n{self.tail()}", pytrace=False)
 
     def restart(self) -> None:
@@ -128,41 +118,34 @@ class Replica:
         self.start()
 
     def log_lines(self) -> list[str]:
-        return self.log_path.read_text(errors="replace").splitlines() if self.log_path else []
+        return [] if self.process is None else self.process.log_lines()
 
     def tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        return f"--- {self.log_path} (exit {self.returncode}) ---\n" + "\n".join(self.log_lines()[-lines:])
+        if self.process is None:
+            return f"--- {self.name}: never started ---"
+        return self.process.tail(lines)
 
     def has_port(self) -> bool:
-        return any('"http server listening"' in line for line in self.log_lines())
+        return self.process is not None and self.process.logged_port() is not None
 
     def port(self, timeout_s: float = 60.0) -> int:
         """The metrics/health port this start bound (from its "http server listening" log line)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for line in self.log_lines():
-                if '"http server listening"' in line:
-                    return int(json.loads(line)["port"])
-            if not self.alive:
-                break
-            time.sleep(0.1)
-        pytest.fail(f"{self.name} never logged its http port\n{self.tail()}", pytrace=False)
+        assert self.process is not None
+        try:
+            return self.process.port(timeout_s)
+        except WorkerProcessError:
+            pytest.fail(f"{self.name} never logged its http port\n{self.tail()}", pytrace=False)
 
     def readyz(self) -> int:
         """The HTTP status of ``/readyz`` (200 or 503)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port()}/readyz", timeout=5) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
+        assert self.process is not None
+        self.port()
+        return self.process.get("/readyz")[0]
 
     def stop(self) -> None:
-        """Teardown: SIGKILL if still running, close the log."""
+        """Teardown: SIGKILL if still running."""
         if self.alive:
             self.sigkill()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 class Fleet:
