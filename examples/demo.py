@@ -14,13 +14,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import signal
 import struct
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from examples.car_insurance.generate import generate
+from worker.testing import WorkerProcess, WorkerProcessError
 
 # Topic name -> partitions; docker-compose.yml creates the same ones.
 TOPICS = {"car-insurance-events": 12, "car-insurance-scores": 12, "car-insurance-dlq": 3}
@@ -94,29 +93,17 @@ max_wait_ms = 0
     return config
 
 
-def start_replica(config: Path, index: int) -> tuple[subprocess.Popen[bytes], Path]:
-    log = STATE / f"replica-{index}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "worker", "run", "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    return proc, log
+def start_replica(config: Path, index: int) -> WorkerProcess:
+    return WorkerProcess.start(config, STATE / f"replica-{index}.log")
 
 
-def wait_ready(log: Path, timeout_s: float = 60) -> int:
+def wait_ready(replica: WorkerProcess, timeout_s: float = 60) -> int:
     """The replica's metrics port (from its log), once /readyz answers 200."""
-    deadline = time.monotonic() + timeout_s
-    port = None
-    while time.monotonic() < deadline:
-        if port is None and (found := re.search(r'"http server listening", "port": (\d+)', log.read_text())):
-            port = int(found.group(1))
-        if port is not None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
-                    return port
-            except OSError:
-                pass
-        time.sleep(0.2)
-    sys.exit(f"demo: replica not ready after {timeout_s:.0f}s; see {log}")
+    try:
+        replica.wait_ready(timeout_s)
+    except WorkerProcessError as exc:
+        sys.exit(f"demo: replica not ready after {timeout_s:.0f}s; see {replica.log_path}\n{exc}")
+    return replica.port()
 
 
 def produce(bootstrap: str, registry_url: str, run_id: str) -> dict[str, float]:
@@ -193,7 +180,7 @@ def main() -> int:
     say("4. start two worker replicas (one consumer group)")
     replicas = [start_replica(config, i) for i in range(2)]
     try:
-        ports = [wait_ready(log) for _, log in replicas]
+        ports = [wait_ready(replica) for replica in replicas]
         print(f"ready: metrics and health on ports {ports}")
         say(f"5. produce {N_EVENTS} events at {RATE_PER_S}/s, one in {POISON_EVERY} poison")
         run_id = uuid.uuid4().hex[:8]
@@ -204,9 +191,9 @@ def main() -> int:
         elapsed = time.time() - started
     finally:
         say("7. stop the replicas (SIGTERM: drain, commit, exit)")
-        for proc, _ in replicas:
-            proc.send_signal(signal.SIGTERM)
-        codes = [proc.wait(timeout=60) for proc, _ in replicas]
+        for replica in replicas:
+            replica.signal(signal.SIGTERM)  # all drain at once
+        codes = [replica.wait(60) for replica in replicas]
         print(f"exit codes {codes}")
     for record in scores[:5]:
         print(
