@@ -48,7 +48,7 @@ import pandas as pd
 from bench.e2e_baseline import PerMessageScorer
 from bench.e2e_kafka import GroupProgress, Scratch, encode_events, end_offsets, prefill
 from bench.e2e_latency import Delays, PacedProducer, ScoreReader, quantile_from_buckets
-from bench.e2e_worker import Samples, WorkerDied, WorkerProcess, total, worker_config
+from bench.e2e_worker import ROOT, Samples, WorkerDied, WorkerProcess, total, worker_config
 from examples.car_insurance.generate import generate
 from examples.car_insurance.train import train
 from worker.graph import compile_graph, load_graph
@@ -107,7 +107,7 @@ class Bench:
         config = worker_config(self.root / f"{what}.toml", bootstrap=s.bootstrap, registry_url=s.registry_url,
                                group=group, topics=topics, graph=self.graph, store=self.store,
                                max_wait_ms=max_wait_ms, fetch_wait_max_ms=fetch_wait_ms)  # fmt: skip
-        return WorkerProcess(config, self.root / f"{what}.log")
+        return WorkerProcess.start(config, self.root / f"{what}.log", cwd=ROOT)
 
     def worker_rate(self, repeat: int) -> float:
         """Events per second of one worker over the pre-filled topic (see the module docstring)."""

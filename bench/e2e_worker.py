@@ -1,36 +1,29 @@
 """One streaming worker as a real process for the end-to-end benchmark: ``python -m worker run``.
 
-``WorkerProcess`` writes the TOML settings, starts the process in its own session with its output in a log
-file, finds the metrics port it bound (``metrics_port = 0``) from its "http server listening" log line, and
-scrapes ``/metrics``. Used as a context manager: on exit the process gets SIGTERM (drain and commit), then
-SIGKILL after ``STOP_BUDGET_S``, so no worker outlives the benchmark, also when it fails. Blocking calls;
+``worker_config`` writes the TOML settings. ``WorkerProcess`` is the shipped ``worker.testing.WorkerProcess``
+(start with the output in a log file, the metrics port from the "http server listening" log line, SIGTERM
+then SIGKILL when the ``with`` block ends, so no worker outlives the benchmark, also when it fails) plus what
+the benchmark reads: ``scrape`` parses ``/metrics``, ``wait_for`` polls one metric. Blocking calls;
 ``WorkerDied`` (with the log's tail) when the process exits while the benchmark still waits on it.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import IO
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.e2e_kafka import EVENT_SCHEMA, SCORE_SCHEMA
+from worker import testing
+from worker.testing import START_TIMEOUT_S, WorkerProcessError
 
 ROOT = Path(__file__).resolve().parents[1]
-STOP_BUDGET_S = 15.0
-START_TIMEOUT_S = 60.0
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-class WorkerDied(RuntimeError):
+class WorkerDied(WorkerProcessError):
     """The worker process exited while the benchmark was waiting on it."""
 
 
@@ -74,64 +67,22 @@ def worker_config(
     return path
 
 
-class WorkerProcess:
-    """A running ``rtml-worker run``; stopped (SIGTERM, then SIGKILL) when the ``with`` block ends."""
-
-    def __init__(self, config: Path, log_path: Path) -> None:
-        self.log_path = log_path
-        self._log: IO[bytes] = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run", "--config", str(config)],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self._port: int | None = None
-
-    def __enter__(self) -> WorkerProcess:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_BUDGET_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_BUDGET_S)
-        self._log.close()
+class WorkerProcess(testing.WorkerProcess):
+    """A running ``rtml-worker run`` (``WorkerProcess.start(config, log, cwd=ROOT)``) the benchmark reads."""
 
     def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise WorkerDied(f"worker exited with {self.process.returncode}\n{self.tail()}")
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    @property
-    def port(self) -> int:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while self._port is None:
-            for line in self.log_path.read_text(errors="replace").splitlines():
-                if '"http server listening"' in line:
-                    self._port = int(json.loads(line)["port"])
-            self.check_alive()
-            if time.monotonic() > deadline:
-                raise WorkerDied(f"no metrics port after {START_TIMEOUT_S} s\n{self.tail()}")
-            time.sleep(0.05)
-        return self._port
+        if not self.alive:
+            raise WorkerDied(f"worker exited with {self.returncode}\n{self.tail()}")
 
     def scrape(self) -> Samples:
         """Every sample of ``/metrics``, keyed by (name, sorted labels)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
-            text = response.read().decode()
+        try:
+            status, body = self.get("/metrics")
+        except WorkerProcessError as exc:  # it exited before logging its port, or never logged it
+            raise WorkerDied(str(exc)) from None
+        if status != 200:
+            raise WorkerDied(f"/metrics answered {status}\n{self.tail()}")
+        text = body.decode()
         samples: Samples = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
