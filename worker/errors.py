@@ -9,7 +9,8 @@
     │   ├── ScoringError       a node or the inference rejected the row (stage "graph")
     │   └── EncodeError        the score record does not fit the output schema (stage "encode")
     └── InfrastructureError    broker, registry, model store: retry with backoff or stop; never dead-letter
-        └── RegistryUnavailable
+        ├── RegistryUnavailable
+        └── FatalError         the worker cannot go on safely: it stops, exits non-zero, commits nothing more
 
 Record errors carry where the event came from and its raw bytes, so the dead-letter path never has to find
 the message again. Third-party exceptions are translated into this tree at exactly one place per boundary.
@@ -103,3 +104,7 @@ class InfrastructureError(RtmlError):
 
 class RegistryUnavailable(InfrastructureError):
     """The Schema Registry could not be reached, timed out or answered 5xx."""
+
+
+class FatalError(InfrastructureError):
+    """The worker cannot go on safely (an output not delivered, a fenced producer): exit non-zero."""

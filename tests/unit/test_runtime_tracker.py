@@ -222,3 +222,18 @@ def test_nothing_at_or_after_a_failed_batch_is_ever_committed(failing_batch: int
     points = tracker.advance()
     assert points == ({A0: 10 * failing_batch} if failing_batch else {})
     assert tracker.failed() is TIMED_OUT
+
+
+def test_a_point_is_offered_until_the_broker_confirms_it() -> None:
+    tracker = CommitTracker()
+    batch = InFlight({("t", 0): 10, ("t", 1): 5}, outstanding=1)
+    tracker.track(batch)
+    assert tracker.to_commit({("t", 0), ("t", 1)}) == {}  # nothing delivered yet
+    batch.on_delivery(None, None)  # type: ignore[arg-type]
+    assert tracker.to_commit({("t", 0), ("t", 1)}) == {("t", 0): 10, ("t", 1): 5}
+    # the commit of partition 1 was lost in a rebalance: only partition 0 is confirmed
+    tracker.confirm(("t", 0), 10)
+    assert tracker.to_commit({("t", 0), ("t", 1)}) == {("t", 1): 5}
+    assert tracker.to_commit({("t", 0)}) == {}  # partitions not asked for are left alone
+    tracker.forget({("t", 1)})
+    assert tracker.to_commit({("t", 0), ("t", 1)}) == {}

@@ -36,13 +36,13 @@ from types import FrameType
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from worker.errors import InfrastructureError, RecordError, RegistryUnavailable, Stage
-from worker.runtime import headers
+from worker.errors import FatalError, InfrastructureError, RegistryUnavailable
 from worker.runtime.breaker import CircuitBreaker
 from worker.runtime.config import Settings
 from worker.runtime.health import Health
 from worker.runtime.metrics import Metrics
 from worker.runtime.pipeline import Meta, Pipeline, Processed
+from worker.runtime.sink import Sink
 from worker.runtime.tracker import CommitTracker, InFlight
 
 log = logging.getLogger("worker.runtime")
@@ -50,10 +50,6 @@ TP = tuple[str, int]
 IDLE_BLOCK_S = 0.1
 LAG_EVERY_S = 5.0
 REGISTRY_BACKOFF_MAX_S = 30.0
-
-
-class FatalError(Exception):
-    """The worker cannot go on safely: exit non-zero without committing anything further."""
 
 
 class Worker:
@@ -68,6 +64,7 @@ class Worker:
         self.consumer = Consumer(self._consumer_config())
         self.producer = Producer({**settings.producer_config(), "error_cb": self._on_producer_error})
         self._producer_fatal: str | None = None
+        self.sink = Sink(settings, self.producer, metrics, pipeline.graph)
         self.tracker = CommitTracker()
         self.breaker = CircuitBreaker(settings.breaker)
         self.assigned: set[TP] = set()
@@ -76,16 +73,12 @@ class Worker:
         self.paused = False
         self.stopping = False
         self.failed = False  # after a fatal error nothing more is committed, not even on close
-        self.done: dict[TP, int] = {}  # commit points whose outputs are all delivered
-        self.committed: dict[TP, int] = {}  # commit points the broker confirmed
         self._next_pipeline: Pipeline | None = None
         self._registry_retry_at: float | None = None  # set while a batch waits for the registry
         self._registry_backoff = 0.0
         self._first_at = 0.0
         self._last_commit = time.monotonic()
         self._last_lag = 0.0
-        self._lineage = headers.lineage_constants(pipeline.graph.digest, pipeline.graph.model_ids)
-        self._tails: dict[bytes, tuple[tuple[str, bytes], ...]] = {}
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -101,7 +94,7 @@ class Worker:
             while not self.stopping:
                 self._turn()
             self._drain()
-        except (FatalError, KafkaException, InfrastructureError) as exc:
+        except (KafkaException, InfrastructureError) as exc:
             log.error("stopping on a fatal error", extra={"error": str(exc), "kind": type(exc).__name__})
             self.health.set_fatal(str(exc))
             self.failed = True
@@ -236,7 +229,7 @@ class Worker:
         if self.exactly_once:
             self._produce_transaction(batch, meta, result)
         else:
-            self._produce(batch, meta, result, self._track(meta))
+            self.sink.send(batch, meta, result, self._track(meta))
         self.metrics.observe_in_worker(time.monotonic() - np.asarray(received))
         self.metrics.events_out(len(result.score_values))
         self.metrics.observe_batch(len(batch), time.perf_counter() - started)
@@ -244,8 +237,7 @@ class Worker:
 
     def _use(self, pipeline: Pipeline) -> None:
         self.pipeline, self._next_pipeline = pipeline, None
-        self._lineage = headers.lineage_constants(pipeline.graph.digest, pipeline.graph.model_ids)
-        self._tails = {}
+        self.sink.use_graph(pipeline.graph)
         log.info("new graph in use", extra={"graph_digest": pipeline.graph.digest})
 
     def _admit(self, meta: Meta, result: Processed) -> bool:
@@ -270,108 +262,11 @@ class Worker:
         self.tracker.track(in_flight)
         return in_flight
 
-    def _produce(
-        self, batch: list[Message], meta: Meta, result: Processed, in_flight: InFlight | None
-    ) -> None:
-        """One produce call per output: the only per-event Python left, kept to list lookups.
-
-        Delivery reports: one per output partition of the batch, on its last score. The idempotent
-        producer delivers a partition's messages in order and, with the gapless guarantee, turns any
-        failure into a fatal error, so that report stands for every score before it. Scores partitioned by
-        key (partition unknown here) and dead-letter records get one report each.
-        """
-        # Exactly-once: commit_transaction reports any failed output; unsafe mode: nothing waits for them.
-        on_delivery = in_flight.on_delivery if in_flight is not None else None
-        topic = self.settings.output.topic
-        by_source = self.settings.output.partitioning == "source"
-        out_parts = (meta.partitions[result.score_rows] % self._output_partitions()).tolist()
-        reports = self._report_on(out_parts, on_delivery, by_source)
-        if in_flight is not None:
-            in_flight.outstanding += sum(r is not None for r in reports) + len(result.errors)
-        rows = result.score_rows.tolist()
-        parts = meta.partitions[result.score_rows].tolist()
-        offsets = meta.offsets[result.score_rows].tolist()
-        keys, values = meta.keys, meta.values
-        source = {(t, p): headers.source(t, p) for t, p in meta.next_offsets()}
-        schema_tail = self._schema_tail
-        produce = self.producer.produce
-        confluent = self.settings.input.framing == "confluent"
-        for k, value in enumerate(result.score_values):
-            row = rows[k]
-            raw = values[row]
-            tail = schema_tail(raw[1:5] if confluent and raw else b"")
-            hdrs = headers.lineage(source[(meta.topics[row], parts[k])], offsets[k], tail)
-            partition = out_parts[k] if by_source else -1
-            try:
-                produce(topic, value, keys[row], partition=partition, headers=hdrs, on_delivery=reports[k])  # type: ignore[arg-type]
-            except BufferError:  # the local queue is full: serve deliveries, then try again
-                self._send(topic, value, keys[row], partition, hdrs, reports[k])
-        self._dead_letter(result.errors, batch, on_delivery)
-
-    @staticmethod
-    def _report_on(
-        out_parts: list[int], on_delivery: Callable[..., None] | None, by_source: bool
-    ) -> list[Callable[..., None] | None]:
-        """The delivery callback of each score: on the last one per output partition, or on all."""
-        if on_delivery is None or not by_source:
-            return [on_delivery] * len(out_parts)
-        reports: list[Callable[..., None] | None] = [None] * len(out_parts)
-        last = {part: k for k, part in enumerate(out_parts)}  # per partition, its last index wins
-        for k in last.values():
-            reports[k] = on_delivery
-        return reports
-
-    def _schema_tail(self, schema_id: bytes) -> tuple[tuple[str, bytes], ...]:
-        """The constant headers after the offset: graph, models and the writer schema id (cached per id)."""
-        tail = self._tails.get(schema_id)
-        if tail is None:
-            tail = self._tails[schema_id] = (*self._lineage, *headers.schema_id(schema_id))
-        return tail
-
-    def _dead_letter(
-        self, errors: dict[int, RecordError], batch: list[Message], on_delivery: Callable[..., None] | None
-    ) -> None:
-        by_stage: dict[Stage, int] = {}
-        for row, error in errors.items():
-            hdrs = headers.dead_letter(error, batch[row].headers())  # type: ignore[arg-type]
-            self._send(self.settings.dead_letter.topic, error.value, error.key, -1, hdrs, on_delivery)
-            by_stage[error.stage] = by_stage.get(error.stage, 0) + 1
-        for stage, n in by_stage.items():
-            self.metrics.dead_lettered(stage, n)
-
-    def _send(  # noqa: PLR0917 - the hot path: one call per output, no kwargs packing
-        self, topic: str, value: bytes | None, key: bytes | None, partition: int,
-        hdrs: list[tuple[str, bytes]], on_delivery: Callable[..., None] | None,
-    ) -> None:  # fmt: skip
-        while True:
-            try:
-                self.producer.produce(
-                    topic,
-                    value,
-                    key,
-                    partition=partition,
-                    headers=hdrs,  # type: ignore[arg-type]  # the stubs want Optional values
-                    on_delivery=on_delivery,
-                )
-                return
-            except BufferError:  # the local queue is full: serve deliveries, then try again
-                self.producer.poll(0.05)
-
-    def _output_partitions(self) -> int:
-        cached = getattr(self, "_out_partitions", None)
-        if cached is None:
-            metadata = self.producer.list_topics(self.settings.output.topic, timeout=10)
-            topic = metadata.topics.get(self.settings.output.topic)
-            if topic is None or topic.error is not None or not topic.partitions:
-                raise FatalError(f"output topic {self.settings.output.topic!r} is not available")
-            cached = self._out_partitions = len(topic.partitions)
-        return int(cached)
-
     def _produce_transaction(self, batch: list[Message], meta: Meta, result: Processed) -> None:
         """One transaction: the batch's outputs and its input offsets, committed together or not at all."""
         try:
             self.producer.begin_transaction()
-            self._produce(batch, meta, result, None)
+            self.sink.send(batch, meta, result, None)
             commit_offsets = [TopicPartition(t, p, o) for (t, p), o in meta.next_offsets().items()]
             started = time.perf_counter()
             _retrying(lambda: self.producer.send_offsets_to_transaction(
@@ -400,11 +295,7 @@ class Worker:
     # --- committing -------------------------------------------------------------------------------------
 
     def _settle(self, force: bool = False) -> None:
-        """Commit, per assigned partition, the point its delivered outputs reached, unless already confirmed.
-
-        ``done`` keeps the points the tracker released until the broker confirmed them (``committed``), so a
-        commit that fails (a rebalance in progress) is simply sent again by the next one.
-        """
+        """Commit, per assigned partition, the point its delivered outputs reached, unless confirmed."""
         failed = self.tracker.failed()
         if failed is not None:
             raise FatalError(f"an output was not delivered: {failed}")
@@ -414,11 +305,9 @@ class Worker:
         ):
             return
         self._last_commit = now
-        self.done.update(self.tracker.advance())
-        offsets = [TopicPartition(t, p, o) for (t, p), o in self.done.items()
-                   if (t, p) in self.assigned and self.committed.get((t, p), -1) < o]  # fmt: skip
-        if offsets and not self.settings.unsafe_commit_on_receipt:
-            self._commit(offsets, wait=force)
+        points = self.tracker.to_commit(self.assigned)
+        if points and not self.settings.unsafe_commit_on_receipt:
+            self._commit([TopicPartition(t, p, o) for (t, p), o in points.items()], wait=force)
 
     def _commit(self, offsets: list[TopicPartition], *, wait: bool) -> None:
         started = time.perf_counter()
@@ -438,7 +327,7 @@ class Worker:
         for tp in partitions or ():
             key = (tp.topic, tp.partition)
             if tp.error is None and tp.offset >= 0 and key in self.assigned:
-                self.committed[key] = max(tp.offset, self.committed.get(key, -1))
+                self.tracker.confirm(key, tp.offset)
 
     def _flush(self, budget_s: float) -> None:
         """Serve deliveries until every output is acknowledged, one failed, or the budget is spent."""
@@ -481,9 +370,6 @@ class Worker:
     def _forget(self, partitions: set[TP]) -> None:
         """Partitions no longer ours: their offsets are not ours to commit any more."""
         self.tracker.forget(partitions)
-        for tp in partitions:
-            self.done.pop(tp, None)
-            self.committed.pop(tp, None)
         self.assigned -= partitions
 
     def _publish_assignment(self) -> None:

@@ -45,6 +45,8 @@ class CommitTracker:
 
     def __init__(self) -> None:
         self._batches: deque[InFlight] = deque()
+        self._done: dict[TopicPartition, int] = {}  # points whose outputs are all delivered
+        self._confirmed: dict[TopicPartition, int] = {}  # points the broker confirmed as committed
 
     def track(self, batch: InFlight) -> None:
         self._batches.append(batch)
@@ -69,12 +71,26 @@ class CommitTracker:
             points.update(self._batches.popleft().next_offsets)
         return points
 
+    def to_commit(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Of ``partitions``, the points reached and not yet confirmed: a commit that failed (a rebalance in
+        progress) is simply sent again by the next call."""
+        self._done.update(self.advance())
+        wanted = set(partitions)
+        return {tp: o for tp, o in self._done.items() if tp in wanted and self._confirmed.get(tp, -1) < o}
+
+    def confirm(self, tp: TopicPartition, offset: int) -> None:
+        """The broker took ``offset`` as the committed offset of ``tp``."""
+        self._confirmed[tp] = max(offset, self._confirmed.get(tp, -1))
+
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
         """Partitions revoked or lost: their offsets are no longer ours to commit."""
         gone = set(partitions)
         for batch in self._batches:
             for tp in gone & batch.next_offsets.keys():
                 del batch.next_offsets[tp]
+        for tp in gone:
+            self._done.pop(tp, None)
+            self._confirmed.pop(tp, None)
 
     def pending_for(self, partitions: Iterable[TopicPartition]) -> bool:
         """True while a batch still holding any of ``partitions`` awaits acknowledgements."""
