@@ -1,16 +1,17 @@
-"""The consumer loop: consume -> micro-batch -> pipeline -> produce -> commit, one thread, per batch.
+"""The consumer loop: consume -> micro-batch -> pipeline -> sink -> commit, one thread, per batch.
 
-Batching: drain with a non-blocking ``consume`` and block only when idle (a blocking ``consume(n, timeout)``
-waits out its whole timeout even with messages queued, which would put a floor under latency). A batch closes
-at ``batch.max_records`` or ``batch.max_wait_ms`` after its first message.
+Batching: drain with a non-blocking ``consume`` and block (in ``poll``) only when idle: a blocking
+``consume(n, timeout)`` waits out its whole timeout even with messages queued. With ``batch.max_wait_ms = 0``
+(the default) a batch is what arrived while the previous one was processed, so batches grow with the load;
+above 0 a batch also waits that long to fill, up to ``batch.max_records``.
 
 At-least-once (default), the order of one batch:
   1. process the batch (decode, graph, encode): every message yields exactly one output, a score or a
      dead-letter record;
-  2. produce all outputs; the batch is tracked with a count of unacknowledged outputs;
-  3. delivery callbacks (served by ``Producer.poll``) count it down;
-  4. every ``commit_interval_ms``, the partitions' commit points of the batches completed in order are
-     committed. A failed delivery stops the worker before anything past it is committed.
+  2. produce all outputs (``Sink.send``); the batch is tracked with the delivery reports it awaits;
+  3. delivery callbacks (served by ``Producer.poll``) count it down; a failed delivery stops the worker;
+  4. every ``commit_interval_ms``, the commit points of the batches completed in order are committed, and
+     offered again until the broker confirms them (a commit lost in a rebalance is sent again).
 Exactly-once: each batch is one transaction holding its outputs and its input offsets
 (``send_offsets_to_transaction``); an abortable error aborts and rewinds to the committed offsets, a fatal one
 (fenced) stops the worker with a non-zero exit.
@@ -20,8 +21,9 @@ dropped (nothing was produced for them), in-flight outputs are flushed within ``
 done is committed, the partitions are released. On lost partitions, in-flight work is forgotten without a
 commit.
 
-Backpressure: above ``batch.max_in_flight`` unacknowledged outputs the assigned partitions are paused while
-the loop keeps polling (so ``max.poll.interval.ms`` is never exceeded), and resumed below half of it.
+Waiting without stalling the group: above ``batch.max_in_flight`` unacknowledged outputs, or while the schema
+registry is down (the batch is kept and retried with backoff, never dead-lettered), the assigned partitions
+are paused while the loop keeps polling, so ``max.poll.interval.ms`` is never exceeded.
 """
 
 from __future__ import annotations
