@@ -402,6 +402,8 @@ class Worker:
             self._resume()
 
     def _resume(self) -> None:
+        if self.breaker.open:  # a tripped breaker keeps everything paused until a restart
+            return
         self.paused = False
         self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
         self.metrics.set_paused(0)
