@@ -178,17 +178,25 @@ class Cursor:
     def _short_strings(self, rows: Rows, p: I64, n: I64) -> npt.NDArray[Any]:
         """Strings under 16 bytes (codes, countries, categories), decoded once per distinct value.
 
-        Each value, zero-padded, with its length in the last byte, is exactly two uint64 words. Rows are
-        grouped by a hash of the words, then every row is checked against its group's representative, so a
-        hash collision can only cost time (the rows are decoded one by one), never mix values up.
+        Each value, zero-padded, with its length in the last byte, is exactly two uint64 words. Values under
+        8 bytes are grouped by that word itself; longer ones by a hash of the words, then every row is
+        checked against its group's representative, so a hash collision can only cost time (the rows are
+        decoded one by one), never mix values up.
         """
         words = self.win16[p].view(np.uint64)  # a copy: (n, 2)
         words &= _KEEP[n]
-        words[:, 1] |= n.astype(np.uint64) << np.uint64(56)
-        distinct, inverse = np.unique((words[:, 0] * _MIX) ^ words[:, 1], return_inverse=True)
+        length = n.astype(np.uint64) << np.uint64(56)
+        exact = int(n.max()) < 8  # value and length fit one word: the key is the value itself
+        if exact:
+            keys = words[:, 0] | length
+        else:
+            words[:, 1] |= length
+            keys = (words[:, 0] * _MIX) ^ words[:, 1]
+        distinct = np.unique(keys)  # a sort; the inverse by binary search is cheaper than unique's own
+        inverse = np.searchsorted(distinct, keys)
         rep = np.empty(len(distinct), dtype=np.intp)
         rep[inverse] = np.arange(len(p))
-        if not bool((words == words[rep[inverse]]).all()):
+        if not exact and not bool((words == words[rep[inverse]]).all()):  # a hash collision
             return self._decode_each(rows, self._slices(p, n))
         starts, stops = p[rep].tolist(), (p + n)[rep].tolist()
         texts = np.empty(len(starts), dtype=object)
