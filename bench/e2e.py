@@ -17,8 +17,9 @@ and subject it creates is deleted at the end, every worker process it starts is 
 3. For each of ``PACED_LOADS``, a fresh worker scores a fresh topic fed at a fraction of the median worker
    rate for ``PACED_S`` seconds (the first ``WARM_UP_S`` not counted): half capacity with the default
    batching (natural batching: ``batch.max_wait_ms = 0``), and half capacity with librdkafka's
-   ``fetch.wait.max.ms = 5``. The paced producer and the score reader are threads of this process, on the
-   same cores as the broker and the worker: the delays are defined in bench/e2e_latency.py.
+   ``fetch.wait.max.ms = 5``. The paced producer is a niced process of its own (bench/e2e_paced.py), the
+   score reader a thread of this one, on the same cores as the broker and the worker: the delays are
+   defined in bench/e2e_latency.py.
 
 Figures:
 - ``e2e_worker_events_per_s``, ``e2e_per_message_events_per_s`` (medians), ``e2e_speedup_vs_per_message``;

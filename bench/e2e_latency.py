@@ -11,13 +11,13 @@ librdkafka (``produce()``); broker, worker and benchmark share this machine's cl
   acknowledgement. Both stamps are whole milliseconds (about +-1 ms).
 - end to end: score arrival at the reader (``time.time()`` when ``poll`` returned it) - the paced producer's
   ``produce()`` call, matched by the key (the send number, carried over by the worker). Includes everything
-  above plus the producer's linger (``LINGER_MS``), both broker appends, the worker's producer linger (5 ms)
-  and the reader's fetch.
+  above plus the producer's linger (``bench.e2e_paced.LINGER_MS``), both broker appends, the worker's
+  producer linger (5 ms) and the reader's fetch.
 
-While the load runs, the two threads of the benchmark process do as little as they can (no per-message
-callbacks, no decoding), so as not to take CPU from the worker on a small machine; ``Delays.collect`` joins
-everything afterwards, reading the input topic back for the append times. Blocking; ``RuntimeError`` when a
-send failed or scores are missing.
+While the load runs, the paced producer (its own niced process, bench/e2e_paced.py) and the reader thread do
+as little as they can (no per-message callbacks, no decoding), so as not to take CPU from the worker on a
+small machine; ``Delays.collect`` joins everything afterwards, reading the input topic back for the append
+times. Blocking; ``RuntimeError`` when a send failed or scores are missing.
 """
 
 from __future__ import annotations
@@ -30,50 +30,16 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-LINGER_MS = 1
-TICK_S = 0.0005
+from bench.e2e_paced import PacedProducer
+
 READ_TIMEOUT_S = 30.0
 
 
 def _consumer(bootstrap: str) -> Consumer:
     return Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-reader", "enable.auto.commit": False,
                      "fetch.wait.max.ms": 10})  # fmt: skip
-
-
-class PacedProducer(threading.Thread):
-    """Produces ``values`` round robin at ``rate`` events per second for ``seconds``, keyed by send number."""
-
-    def __init__(
-        self, bootstrap: str, topic: str, values: Sequence[bytes], rate: float, seconds: float
-    ) -> None:  # fmt: skip
-        super().__init__(name="paced-producer", daemon=True)
-        self.failed: list[str] = []
-        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-                                  "linger.ms": LINGER_MS,  # uncompressed: less CPU taken from the worker
-                                  "delivery.report.only.error": True,
-                                  "on_delivery": self._on_error})  # fmt: skip
-        self.topic, self.values, self.rate, self.seconds = topic, values, rate, seconds
-        self.sent_at: list[float] = []  # wall clock of each produce() call, by send number
-        self.started_at = 0.0
-
-    def run(self) -> None:
-        n, sent_at, produce = len(self.values), self.sent_at, self.producer.produce
-        self.started_at = time.time()
-        started = time.perf_counter()
-        while (elapsed := time.perf_counter() - started) < self.seconds:
-            for i in range(len(sent_at), int(elapsed * self.rate)):
-                sent_at.append(time.time())
-                produce(self.topic, self.values[i % n], b"%d" % i)
-            self.producer.poll(0)
-            time.sleep(TICK_S)
-        if self.producer.flush(READ_TIMEOUT_S):
-            self.failed.append("flush timed out")
-
-    def _on_error(self, error: KafkaError | None, _message: Message) -> None:
-        if error is not None:
-            self.failed.append(str(error))
 
 
 class ScoreReader(threading.Thread):
