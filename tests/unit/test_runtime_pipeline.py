@@ -343,4 +343,4 @@ def test_meta_commit_points_are_one_past_the_last_offset_of_each_partition(
         offsets_seen.append(offset[(topic, partition)])
         messages.append(Message(topic=topic, partition=partition, offset=offsets_seen[-1]))
     last = {(topic, partition): o for ((topic, partition), _), o in zip(plan, offsets_seen, strict=True)}
-    assert Meta.of(messages).next_offsets() == {tp: o + 1 for tp, o in last.items()}
+    assert Meta.of(messages).commit_points == {tp: o + 1 for tp, o in last.items()}

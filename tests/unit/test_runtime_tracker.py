@@ -115,7 +115,7 @@ def test_the_first_error_is_kept_and_failed_reports_the_earliest_batch() -> None
     ack(ok)
     assert first.error is TIMED_OUT  # the first error of a batch is not overwritten
     assert tracker.failed() is TIMED_OUT  # the batch earliest in consume order, not the first callback
-    assert tracker.advance() == {A0: 5}  # the completed batch before the failure still commits
+    assert tracker.to_commit([A0]) == {A0: 5}  # the completed batch before the failure still commits
 
 
 def test_forget_drops_revoked_partitions_from_every_batch() -> None:

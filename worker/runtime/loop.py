@@ -260,7 +260,7 @@ class Worker:
     def _track(self, meta: Meta) -> InFlight | None:
         if self.settings.unsafe_commit_on_receipt:
             return None
-        in_flight = InFlight(meta.next_offsets())
+        in_flight = InFlight(dict(meta.commit_points))  # a copy: the tracker edits its own
         self.tracker.track(in_flight)
         return in_flight
 
@@ -269,7 +269,7 @@ class Worker:
         try:
             self.producer.begin_transaction()
             self.sink.send(batch, meta, result, None)
-            commit_offsets = [TopicPartition(t, p, o) for (t, p), o in meta.next_offsets().items()]
+            commit_offsets = [TopicPartition(t, p, o) for (t, p), o in meta.commit_points.items()]
             started = time.perf_counter()
             _retrying(lambda: self.producer.send_offsets_to_transaction(
                 commit_offsets, self.consumer.consumer_group_metadata(), 30))  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -56,13 +57,20 @@ class Meta:
             groups=by_topic(topics),
         )
 
-    def next_offsets(self) -> dict[tuple[str, int], int]:
-        """Per partition, the offset after the batch's last message of it: the batch's commit point."""
+    @cached_property
+    def commit_points(self) -> dict[tuple[str, int], int]:
+        """Per partition, the offset after the batch's last message of it: the batch's commit point.
+
+        Computed once per batch (the sink and the commit tracker both need it), by one sort per topic.
+        """
         points: dict[tuple[str, int], int] = {}
         for topic, at in self.groups:
             parts, offs = self.partitions[at], self.offsets[at]
-            for p in np.unique(parts).tolist():
-                points[(topic, p)] = int(offs[parts == p].max()) + 1
+            order = np.lexsort((offs, parts))  # by partition, then offset: each partition's last is its max
+            parts, offs = parts[order], offs[order]
+            last = np.append(parts[1:] != parts[:-1], True)
+            for p, o in zip(parts[last].tolist(), offs[last].tolist(), strict=True):
+                points[(topic, p)] = o + 1
         return points
 
 

@@ -61,7 +61,7 @@ class Sink:
         parts = meta.partitions[result.score_rows].tolist()
         offsets = meta.offsets[result.score_rows].tolist()
         keys, values = meta.keys, meta.values
-        source = {(t, p): headers.source(t, p) for t, p in meta.next_offsets()}
+        source = {(t, p): headers.source(t, p) for t, p in meta.commit_points}
         schema_tail = self._schema_tail
         produce = self.producer.produce
         confluent = self.settings.input.framing == "confluent"

@@ -54,6 +54,7 @@ class CommitTracker:
     @property
     def outstanding(self) -> int:
         """Outputs produced and not yet acknowledged, over all batches."""
+        self._collect()
         return sum(b.outstanding for b in self._batches)
 
     @property
@@ -62,6 +63,7 @@ class CommitTracker:
 
     def failed(self) -> KafkaError | None:
         """The first delivery error of any batch: outputs were lost, so the worker must not go on."""
+        self._collect()
         return next((b.error for b in self._batches if b.error is not None), None)
 
     def advance(self) -> dict[TopicPartition, int]:
@@ -74,9 +76,15 @@ class CommitTracker:
     def to_commit(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """Of ``partitions``, the points reached and not yet confirmed: a commit that failed (a rebalance in
         progress) is simply sent again by the next call."""
-        self._done.update(self.advance())
+        self._collect()
         wanted = set(partitions)
         return {tp: o for tp, o in self._done.items() if tp in wanted and self._confirmed.get(tp, -1) < o}
+
+    def _collect(self) -> None:
+        """Move the completed front batches into the reached points. Called every loop turn, so the queue
+        holds only the batches still awaiting acknowledgements (a few), not a commit interval's worth."""
+        if self._batches and self._batches[0].done:
+            self._done.update(self.advance())
 
     def confirm(self, tp: TopicPartition, offset: int) -> None:
         """The broker took ``offset`` as the committed offset of ``tp``."""
