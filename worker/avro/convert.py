@@ -89,20 +89,21 @@ def raw_to_column(leaf: Leaf, raw: Column, null: Column | None) -> Column:
     """The fast path's raw values of one leaf (numbers, epoch ints, str/bytes objects) as its column.
 
     ``null`` marks the rows that are null (None when no row can be). Decimals arrive as bytes, uuids as str.
+    ``raw`` is the fast path's own fresh array: it may be returned, or written to, without a copy.
     """
     kind = leaf.kind
     has_null = null is not None and bool(null.any())
     if kind in ("int", "float"):
         if not (leaf.nullable or kind == "float"):
             return raw.astype(np.int64, copy=False)
-        out = raw.astype(np.float64)
+        out = raw.astype(np.float64, copy=False)
         if has_null:
             out[null] = np.nan
         return out
     if kind == "bool" and not leaf.nullable:
         return raw.astype(np.bool_, copy=False)
     if kind in ("ts_ms", "ts_us", "date"):
-        ints = raw.astype(np.int64)
+        ints = raw.astype(np.int64, copy=False)
         if has_null:
             ints[null] = NAT
         return ints.view(leaf.dtype)
@@ -111,7 +112,7 @@ def raw_to_column(leaf: Leaf, raw: Column, null: Column | None) -> Column:
     elif kind == "uuid":
         out = objects((None if s is None else str(uuid.UUID(s)) for s in raw), len(raw))
     else:
-        out = raw.astype(object)
+        out = raw.astype(object, copy=False)
     if has_null:
         out[null] = None
     return out

@@ -32,7 +32,7 @@ from worker.avro.guards import Limits, prescan
 from worker.avro.registry import SchemaNotFound
 from worker.avro.resolve import incompatibility
 from worker.avro.schema import AvroSchema, Leaf, layout
-from worker.avro.vector import Cursor
+from worker.avro.vector import PADDING, Cursor
 from worker.columns import Batch, StageResult
 from worker.errors import DecodeError
 
@@ -89,10 +89,13 @@ class BatchDecoder:
     ) -> StageResult[DecodeError]:
         """Decode one batch; every input row ends up in ``rows`` or ``errors``. May block on the registry."""
         job = _Job(self, values, topic, partitions, offsets)
-        ids = job.frame()
-        for schema_id in np.unique(ids[job.pending]).tolist() if job.pending.size else []:
-            rows = job.pending[ids[job.pending] == schema_id]
-            self._decode_group(job, None if self._registry is None else int(schema_id), rows)
+        ids = job.frame()[job.pending]
+        if ids.size and bool((ids == ids[0]).all()):  # one writer schema: the common case, without a sort
+            self._decode_group(job, None if self._registry is None else int(ids[0]), job.pending)
+        elif ids.size:
+            for schema_id in np.unique(ids).tolist():
+                rows = job.pending[ids == schema_id]
+                self._decode_group(job, None if self._registry is None else int(schema_id), rows)
         return job.result()
 
     def _decode_group(self, job: _Job, schema_id: int | None, rows: Rows) -> None:
@@ -109,7 +112,7 @@ class BatchDecoder:
             )
             return
         if plan.fast is not None:
-            cursor = Cursor(job.data, job.starts[rows] + self._header, job.ends[rows])
+            cursor = Cursor(job.data, job.starts[rows] + self._header, job.ends[rows], padded=True)
             good, columns = plan.fast.read(cursor, slice(None))
             job.parts.append((rows[good], columns))
             rows = rows[~good]
@@ -185,9 +188,10 @@ class _Job:
         ok = np.ones(len(values), dtype=np.bool_)
         for i in nulls:
             self.fail(i, "null value (a tombstone) where an Avro record was expected", None)
-        ok[nulls] = False
+        if nulls:
+            ok[nulls] = False
         limit = self.decoder.limits.max_message_bytes
-        oversized = np.flatnonzero(lens > limit).tolist()
+        oversized = np.flatnonzero(lens > limit).tolist() if int(lens.max(initial=0)) > limit else []
         if oversized:  # refused before any copy: a huge value never reaches the joined buffer
             present = list(present)
             for i in oversized:
@@ -195,27 +199,35 @@ class _Job:
                 present[i] = b""
             ok[oversized] = False
             lens[oversized] = 0
-        self.data = b"".join(present)
+        self.data = b"".join([*present, PADDING])  # padded once, for the header reads and the ``Cursor``
         self.ends = np.cumsum(lens)
         self.starts = self.ends - lens
-        ids = np.zeros(len(values), dtype=np.int64)
+        clean = not (nulls or oversized)
         if self.decoder._header:
-            ok = self._confluent(ok, lens, ids)
-        self.pending = np.flatnonzero(ok)
+            ids = self._confluent(ok, lens)
+            clean = clean and bool(ok.all())
+        else:
+            ids = np.zeros(len(values), dtype=np.int64)
+        self.pending = np.arange(len(values), dtype=np.intp) if clean else np.flatnonzero(ok)
         return ids
 
-    def _confluent(
-        self, ok: npt.NDArray[np.bool_], lens: npt.NDArray[np.int64], ids: npt.NDArray[np.int64]
-    ) -> Any:
-        buf = np.frombuffer(self.data + bytes(CONFLUENT_HEADER), dtype=np.uint8)
-        head = buf[self.starts[:, None] + np.arange(CONFLUENT_HEADER)].astype(np.int64)
-        ids[:] = (head[:, 1] << 24) | (head[:, 2] << 16) | (head[:, 3] << 8) | head[:, 4]
-        for i in np.flatnonzero(ok & (lens <= CONFLUENT_HEADER)).tolist():
+    def _confluent(self, ok: npt.NDArray[np.bool_], lens: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Check every row's header, clearing ``ok`` where it is wrong; the schema id of every row."""
+        # The 5 header bytes read in place (the padding covers rows shorter than a header).
+        buf = np.frombuffer(self.data, dtype=np.uint8)
+        magic = buf[self.starts]
+        words = np.ndarray((len(buf) - 3, 4), np.uint8, buf, 0, (1, 1))[self.starts + 1]
+        ids: npt.NDArray[np.int64] = words.view(">u4").ravel().astype(np.int64)
+        short = lens <= CONFLUENT_HEADER
+        if not (short.any() or magic.any()):
+            return ids
+        for i in np.flatnonzero(ok & short).tolist():
             self.fail(i, f"payload of {lens[i]} bytes is too short for the Confluent wire format (> 5)", None)
-        ok &= lens > CONFLUENT_HEADER
-        for i in np.flatnonzero(ok & (head[:, 0] != 0)).tolist():
-            self.fail(i, f"unknown magic byte {head[i, 0]:#04x}: expected 0 (Confluent wire format)", None)
-        return ok & (head[:, 0] == 0)
+        ok &= ~short
+        for i in np.flatnonzero(ok & (magic != 0)).tolist():
+            self.fail(i, f"unknown magic byte {int(magic[i]):#04x}: expected 0 (Confluent wire format)", None)
+        ok &= magic == 0
+        return ids
 
     def fail(self, i: int, reason: str, schema_id: int | None) -> None:
         self.errors[i] = DecodeError(

@@ -56,8 +56,9 @@ class FastReader:
         """Decode ``rows`` of ``cursor``: (which of them are good, the columns of the good ones)."""
         raw = self.read_record(cursor, rows)
         cursor.fail(rows, cursor.pos[rows] != cursor.end[rows])  # trailing bytes or a short record
-        good = ~cursor.bad[rows]
-        every = bool(good.all())
+        bad = cursor.bad[rows]
+        every = not bad.any()
+        good = ~bad
         columns: Batch = {}
         for leaf in self.leaves:
             values, null = raw[leaf.name]
@@ -140,20 +141,22 @@ def _field(
 def _nullable(null_idx: int, inner: RecordRead) -> RecordRead:
     def read(cur: Cursor, rows: Rows) -> Leaves:
         branch = cur.long(rows)
-        cur.fail(rows, (branch != 0) & (branch != 1))
+        if (branch & ~1).any():  # neither 0 nor 1
+            cur.fail(rows, (branch != 0) & (branch != 1))
         present = branch == 1 - null_idx
+        absent = ~present
         sub = inner(cur, subset(rows, present))
         out: Leaves = {}
         for leaf, (values, null) in sub.items():
-            n = len(branch)
-            full = (
-                np.full(n, None, dtype=object) if values.dtype == object else np.zeros(n, dtype=values.dtype)
-            )
+            full = np.empty(len(branch), dtype=values.dtype)
             full[present] = values
-            is_null = ~present
-            if null is not None:
+            full[absent] = None if values.dtype == object else 0
+            if null is None:
+                out[leaf] = (full, absent)
+            else:
+                is_null = absent.copy()
                 is_null[present] |= null
-            out[leaf] = (full, is_null)
+                out[leaf] = (full, is_null)
         return out
 
     return read
@@ -251,7 +254,8 @@ def _checked(base: ValueRead, kind: str) -> ValueRead:
 
         def read_ts(cur: Cursor, rows: Rows) -> Raw:
             values = base(cur, rows)
-            cur.fail(rows, (values < low) | (values >= limit))
+            if len(values) and (int(values.min()) < low or int(values.max()) >= limit):
+                cur.fail(rows, (values < low) | (values >= limit))
             return values
 
         return read_ts

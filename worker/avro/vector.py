@@ -17,14 +17,23 @@ import numpy.typing as npt
 Rows = npt.NDArray[np.intp] | slice
 """The rows a read advances: an index array, or ``slice(None)`` for all rows (cheaper than fancy indexing)."""
 I64 = npt.NDArray[np.int64]
-_PAD = 256  # lets gathers of short values run past the last row without a bounds clip
+PAD = 256  # lets gathers of short values run past the last row without a bounds clip
+PADDING = bytes(PAD)
 _AR10 = np.arange(10)
-_SHIFTS = (7 * np.arange(10)).astype(np.uint64)
+_POWERS = np.uint64(1) << (7 * np.arange(10)).astype(np.uint64)  # 2**(7k): a varint's byte weights
+_ZERO = np.uint64(0)
 _AR8 = np.arange(8)
 # Byte masks keeping the first k bytes of 16, as two little-endian uint64 words, for k = 0..15.
 _KEEP = np.where(np.arange(16)[None, :] < np.arange(16)[:, None], 0xFF, 0).astype(np.uint8).view(np.uint64)
+# One-byte varints (< 0x80) decoded by lookup: their zigzag value, and as a length (-1 when negative,
+# -1 too for bytes >= 0x80, which do not end a varint).
+_ZIGZAG1 = (np.arange(256, dtype=np.int64) >> 1) ^ -(np.arange(256, dtype=np.int64) & 1)
+_LENGTH1 = np.where((np.arange(256) < 0x80) & (np.arange(256) % 2 == 0), np.arange(256) >> 1, -1).astype(
+    np.int64
+)
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier (golden ratio) to mix the first word in
 _SHORT = 16  # strings shorter than this are decoded once per distinct value
+_FEW = 128  # below this many rows, decoding every string costs less than finding the distinct ones
 
 
 def subset(rows: Rows, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.intp]:
@@ -40,16 +49,20 @@ def count(rows: Rows, total: int) -> int:
 class Cursor:
     """Read positions over ``data`` (the batch's payloads joined); ``pos``/``end`` are absolute offsets."""
 
-    def __init__(self, data: bytes, pos: npt.NDArray[np.int64], end: npt.NDArray[np.int64]) -> None:
+    def __init__(
+        self, data: bytes, pos: npt.NDArray[np.int64], end: npt.NDArray[np.int64], *, padded: bool = False
+    ) -> None:
+        """``padded``: ``data`` already ends with ``PAD`` zero bytes past every row (saves a copy)."""
         self.data = data
-        self.buf = np.frombuffer(data + bytes(_PAD), dtype=np.uint8)
+        self.buf = np.frombuffer(data if padded else data + PADDING, dtype=np.uint8)
         self.pos = pos.astype(np.int64, copy=True)
         self.end = end.astype(np.int64, copy=False)
         self.bad = np.zeros(len(pos), dtype=np.bool_)
         # Row views of the next 8 / 16 bytes at every offset: gathering rows of them copies bytes only,
-        # without building an index matrix.
-        self.win8 = np.lib.stride_tricks.sliding_window_view(self.buf, 8)
-        self.win16 = np.lib.stride_tricks.sliding_window_view(self.buf, 16)
+        # without building an index matrix. Built directly: sliding_window_view costs ~10 us a call.
+        size = len(self.buf)
+        self.win8: npt.NDArray[np.uint8] = np.ndarray((size - 7, 8), np.uint8, self.buf, 0, (1, 1))
+        self.win16: npt.NDArray[np.uint8] = np.ndarray((size - 15, 16), np.uint8, self.buf, 0, (1, 1))
 
     def fail(self, rows: Rows, mask: npt.NDArray[np.bool_]) -> None:
         """Mark ``rows[mask]`` bad and pin their positions to their ends."""
@@ -60,39 +73,38 @@ class Cursor:
 
     def long(self, rows: Rows) -> npt.NDArray[np.int64]:
         """Zigzag varints (Avro int and long) at ``rows``: one pass per byte position, over open rows."""
-        p = self.pos[rows].copy()  # a view when rows is a slice
+        p = self.pos[rows]  # a view when rows is a slice: copied below before ``pos`` changes
         first = self.buf[p]
-        if not (first >= 0x80).any():  # every value fits in one byte: the common case for lengths and flags
-            z1 = first.astype(np.int64)
+        if int(first.max(initial=0)) < 0x80:  # every value fits in one byte: the common case for flags
             new = p + 1
             self.pos[rows] = new
             self.fail(rows, new > self.end[rows])
-            small: npt.NDArray[np.int64] = (z1 >> 1) ^ -(z1 & 1)
+            small: npt.NDArray[np.int64] = _ZIGZAG1[first]
             return small
         win = self.win16[p, :10]  # an Avro long takes at most 10 bytes
         stop = win < 0x80
         last = stop.argmax(axis=1)  # index of each varint's final byte (0 when there is none)
+        new = last + p + 1  # before any ``fail``: ``p`` may be a view of ``pos``
         ended = np.asarray(stop.any(axis=1), dtype=np.bool_)
-        self.fail(rows, ~ended)  # more than 10 bytes: not an Avro long
+        if not ended.all():
+            self.fail(rows, ~ended)  # more than 10 bytes: not an Avro long
         width = int(last.max()) + 1
-        groups = np.where(_AR10[:width] <= last[:, None], win[:, :width] & 0x7F, 0).astype(np.uint64)
-        z = (groups << _SHIFTS[:width]).sum(axis=1, dtype=np.uint64)
-        length = last + 1
-        new = p + length
+        groups = win[:, :width] & 0x7F
+        groups *= _AR10[:width] <= last[:, None]  # drop the bytes past each varint
+        z = groups @ _POWERS[:width]  # the 7-bit groups in place, wrapping at 64 bits like a shift
         self.pos[rows] = new
         self.fail(rows, new > self.end[rows])
-        out: npt.NDArray[np.int64] = (z >> np.uint64(1)).astype(np.int64) ^ -(z & np.uint64(1)).astype(
-            np.int64
-        )
+        out: npt.NDArray[np.int64] = ((z >> np.uint64(1)) ^ (_ZERO - (z & np.uint64(1)))).view(np.int64)
         return out
 
     def fixed_width(self, rows: Rows, width: int) -> npt.NDArray[np.uint8]:
         """``width`` raw bytes per row as an (n, width) array."""
-        p = self.pos[rows].copy()  # a view when rows is a slice
+        p = self.pos[rows]  # a view when rows is a slice: gathered before ``pos`` changes
+        out = self.win8[p, :width] if width < 8 else self.win8[p]
         new = p + width
         self.pos[rows] = new
         self.fail(rows, new > self.end[rows])
-        return self.win8[p, :width] if width < 8 else self.win8[p]
+        return out
 
     def double(self, rows: Rows) -> npt.NDArray[np.float64]:
         return self.fixed_width(rows, 8).view("<f8").ravel()
@@ -113,16 +125,18 @@ class Cursor:
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """Read a length (or take ``size``), check it against each row's end, advance: (starts, lengths)."""
         if size is None:
-            p = self.pos[rows].copy()  # a view when rows is a slice
-            first = self.buf[p]
-            if int(first.max(initial=0)) < 0x80 and not (first & 1).any():  # short, non-negative lengths
-                start, n = p + 1, (first >> 1).astype(np.int64)
+            p = self.pos[rows]  # a view when rows is a slice: not used after ``pos`` changes
+            n = _LENGTH1[self.buf[p]]
+            if int(n.min(initial=0)) >= 0:  # short, non-negative lengths: one byte each
+                start = p + 1
                 stop = start + n
                 over = stop > self.end[rows]
                 if over.any():
                     n[over], stop[over] = 0, start[over]
                     self.fail(rows, over)
-                self.pos[rows] = np.where(over, self.pos[rows], stop)
+                    self.pos[rows] = np.where(over, self.pos[rows], stop)
+                else:
+                    self.pos[rows] = stop
                 return start, n
             n = self.long(rows)
             p = self.pos[rows].copy()
@@ -167,13 +181,26 @@ class Cursor:
     def string(self, rows: Rows) -> npt.NDArray[Any]:
         """UTF-8 strings at ``rows``; a row that is not valid UTF-8 is marked bad."""
         p, n = self._span(rows)
-        if len(n) and int(n.max()) < _SHORT:
+        if len(n) < _FEW:
+            return self._few_strings(rows, p, n)
+        if int(n.max()) < _SHORT:
             return self._short_strings(rows, p, n)
         raw = self._slices(p, n)
         try:
             return np.fromiter(map(bytes.decode, raw), dtype=object, count=len(raw))
         except UnicodeDecodeError:
             return self._decode_each(rows, raw)
+
+    def _few_strings(self, rows: Rows, p: I64, n: I64) -> npt.NDArray[Any]:
+        """Strings of a small batch, sliced and decoded one by one (in C, without a Python frame per row)."""
+        out = np.empty(len(p), dtype=object)
+        try:
+            out[:] = list(
+                map(bytes.decode, map(self.data.__getitem__, map(slice, p.tolist(), (p + n).tolist())))
+            )
+        except UnicodeDecodeError:
+            return self._decode_each(rows, self._slices(p, n))
+        return out
 
     def _short_strings(self, rows: Rows, p: I64, n: I64) -> npt.NDArray[Any]:
         """Strings under 16 bytes (codes, countries, categories), decoded once per distinct value.
