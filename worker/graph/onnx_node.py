@@ -211,15 +211,17 @@ def _stacker(
         return f"feature {name!r} is null or not finite (model {model_id!r})"
 
     def feed_whole(batch: Batch, n: int) -> tuple[npt.NDArray[Any], list[Rejection]]:
-        out = np.stack([batch[name] for name in columns], axis=1, dtype=dtype, casting="unsafe")
-        finite = np.isfinite(out)
+        # One C-level concatenate casts every feature into a (features, n) block, where each feature is a
+        # contiguous row for the finiteness check; a single transposing copy then gives the C-ordered
+        # (n, features) tensor. np.stack would cost a Python-level expand_dims per column.
+        block = np.concatenate([batch[name] for name in columns], dtype=dtype, casting="unsafe")
+        block = block.reshape(len(columns), n)
+        finite = np.isfinite(block)
         rejected = []
         if not finite.all():  # NaN reaches the model as NaN when on_invalid="pass"
             bad = ~finite
-            rejected = [
-                Rejection(bad[:, j], reason(name)) for j, name in enumerate(columns) if bad[:, j].any()
-            ]
-        return (out[:, 0] if rank == 1 else out), rejected
+            rejected = [Rejection(bad[j], reason(name)) for j, name in enumerate(columns) if bad[j].any()]
+        return (block[0] if rank == 1 else block.T.copy()), rejected
 
     def feed(batch: Batch, n: int) -> tuple[npt.NDArray[Any], list[Rejection]]:
         out = np.empty((n, len(columns)), dtype=dtype)

@@ -78,6 +78,8 @@ class NodeInfo:
 def applied(columns: Batch, rejected: Sequence[Rejection] = (), model_id: str | None = None) -> Applied:
     """Build an ``Applied`` from produced columns for *all* input rows, dropping the rejected rows from
     them."""
+    if not rejected:
+        return Applied(columns, (), model_id)
     real = tuple(r for r in rejected if r.mask.any())
     if not real:
         return Applied(columns, (), model_id)

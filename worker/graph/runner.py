@@ -19,8 +19,8 @@ import numpy.typing as npt
 from worker.columns import Batch, StageResult, batch_len
 from worker.errors import GraphError, ScoringError
 from worker.graph.dsl import GraphSpec, InputField, OutputField
-from worker.graph.plan import Kernel, NodeInfo
-from worker.graph.types import BoolArray, ColType, accepts, physical
+from worker.graph.plan import Applied, Kernel, NodeInfo
+from worker.graph.types import BoolArray, ColType, physical
 
 Key = tuple[str, str]  # (producer node id, or "" for a graph input; column name)
 Convert = Literal["none", "float", "object"]
@@ -57,6 +57,10 @@ class CompiledGraph:
     steps: tuple[Step, ...] = field(repr=False)
     output_plan: tuple[OutputPlan, ...] = field(repr=False)
     infos: tuple[NodeInfo, ...] = field(repr=False)
+    _slots: _Slots = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_slots", _Slots.of(self))
 
     @property
     def inputs(self) -> tuple[InputField, ...]:
@@ -77,43 +81,106 @@ class CompiledGraph:
         blocks on I/O. Raises ``GraphError`` only when the batch does not match the declared inputs (a wiring
         bug, not a bad row); every bad row becomes a ``ScoringError`` in ``errors``.
         """
+        slots = self._slots
         n = batch_len(batch)
-        store: dict[Key, npt.NDArray[Any]] = {("", f.name): _input(f, batch) for f in self.spec.inputs}
+        store: list[Any] = [None] * slots.size  # a column per slot; None once released
+        for i, source in enumerate(slots.inputs):
+            store[i] = source.column(batch)
         rows = np.arange(n, dtype=np.int64)
         errors: dict[int, ScoringError] = {}
-        for step in self.steps:
-            started = time.perf_counter()
-            keep, produced, reasons, model_id = _apply_step(
-                step, {n_: store[k] for n_, k in step.reads}, len(rows)
-            )
-            if reasons:
-                for pos, reason in reasons.items():
-                    row = int(rows[pos])
-                    errors[row] = ScoringError(
-                        reason, node_id=step.node_id, model_id=model_id or step.model_id
-                    )
-                rows = rows[keep]
-                store = {k: col[keep] for k, col in store.items()}
-            for name, key, ct in step.produces:
-                store[key] = produced[name] if name in produced else _empty(ct)
-            for key in step.release:
-                store.pop(key, None)
+        # The fixed cost per step is what small streaming batches pay: one clock read per step boundary, and
+        # no keep mask nor reason dict unless the kernel rejected a row.
+        started = time.perf_counter() if on_node is not None else 0.0
+        for step, reads, produces, release in slots.steps:
+            produced: Batch = {}
+            if n:
+                inputs = {name: store[slot] for name, slot in reads}
+                reasons: dict[int, str] | None = None
+                try:
+                    result = step.kernel(inputs)
+                except Exception as exc:
+                    keep, produced, reasons, model_id = _raised(step, inputs, n, exc)
+                else:
+                    produced = result.columns
+                    if result.rejected:
+                        keep, reasons, model_id = _rejections(result, n)
+                if reasons:
+                    for pos, reason in reasons.items():
+                        errors[int(rows[pos])] = ScoringError(
+                            reason, node_id=step.node_id, model_id=model_id or step.model_id
+                        )
+                    rows = rows[keep]
+                    n = len(rows)
+                    store = [None if col is None else col[keep] for col in store]
+            for name, slot, ct in produces:
+                store[slot] = produced[name] if name in produced else _empty(ct)
+            for slot in release:
+                store[slot] = None
             if on_node is not None:
-                on_node(step.node_id, time.perf_counter() - started)
-        columns = {o.field.name: _convert(store[o.key], o.convert) for o in self.output_plan}
+                now = time.perf_counter()
+                on_node(step.node_id, now - started)
+                started = now
+        columns = {o.field.name: _convert(store[slot], o.convert) for o, slot in slots.outputs}
         return StageResult(columns, rows, errors)
 
 
-def _input(f: InputField, batch: Batch) -> npt.NDArray[Any]:
-    if f.name not in batch:
-        raise GraphError(f"the batch has no column {f.name!r}, a declared graph input")
-    column = batch[f.name]
-    ct = f.coltype
-    if accepts(ct, column):
-        return column
-    if ct.nullable and accepts(ColType(ct.dtype), column):  # a nullable field that had no null in this batch
-        return column.astype(physical(ct))
-    raise GraphError(f"input column {f.name!r} has dtype {column.dtype}, expected {physical(ct)} for {ct}")
+@dataclass(frozen=True)
+class _Slots:
+    """The plan with every column version (``Key``) numbered: ``run`` keeps columns in a list indexed by
+    slot, which saves hashing a tuple key per read, write and release."""
+
+    size: int
+    inputs: tuple[_Input, ...]  # the input of slot i, for i < len(inputs)
+    steps: tuple[
+        tuple[Step, tuple[tuple[str, int], ...], tuple[tuple[str, int, ColType], ...], tuple[int, ...]], ...
+    ]
+    outputs: tuple[tuple[OutputPlan, int], ...]
+
+    @classmethod
+    def of(cls, graph: CompiledGraph) -> _Slots:
+        slot: dict[Key, int] = {("", f.name): i for i, f in enumerate(graph.spec.inputs)}
+        for step in graph.steps:
+            for _, key, _ in step.produces:
+                slot.setdefault(key, len(slot))
+        steps = tuple(
+            (
+                step,
+                tuple((name, slot[key]) for name, key in step.reads),
+                tuple((name, slot[key], ct) for name, key, ct in step.produces),
+                tuple(slot[key] for key in step.release if key in slot),
+            )
+            for step in graph.steps
+        )
+        outputs = tuple((o, slot[o.key]) for o in graph.output_plan)
+        return cls(len(slot), tuple(_Input.of(f) for f in graph.spec.inputs), steps, outputs)
+
+
+@dataclass(frozen=True)
+class _Input:
+    """A declared input with the physical dtypes it accepts, resolved once rather than per batch."""
+
+    name: str
+    coltype: ColType
+    dtype: np.dtype[Any]
+    widened: np.dtype[Any] | None  # the dtype of a nullable field's column that had no null in the batch
+
+    @classmethod
+    def of(cls, f: InputField) -> _Input:
+        ct = f.coltype
+        return cls(f.name, ct, physical(ct), physical(ColType(ct.dtype)) if ct.nullable else None)
+
+    def column(self, batch: Batch) -> npt.NDArray[Any]:
+        if self.name not in batch:
+            raise GraphError(f"the batch has no column {self.name!r}, a declared graph input")
+        column = batch[self.name]
+        if column.ndim == 1:  # inputs are never 2-D
+            if column.dtype == self.dtype:
+                return column
+            if column.dtype == self.widened:
+                return column.astype(self.dtype)
+        raise GraphError(
+            f"input column {self.name!r} has dtype {column.dtype}, expected {self.dtype} for {self.coltype}"
+        )
 
 
 def _empty(ct: ColType) -> npt.NDArray[Any]:
@@ -139,16 +206,29 @@ def _apply_step(step: Step, inputs: Batch, n: int) -> Outcome:
     try:
         result = step.kernel(inputs)
     except Exception as exc:
-        if n == 1:
-            return np.zeros(1, dtype=np.bool_), {}, {0: f"{type(exc).__name__}: {exc}"}, None
-        return _bisect(step, inputs, n)
+        return _raised(step, inputs, n, exc)
+    if not result.rejected:
+        return np.ones(n, dtype=np.bool_), result.columns, {}, result.model_id
+    keep, reasons, model_id = _rejections(result, n)
+    return keep, result.columns, reasons, model_id
+
+
+def _raised(step: Step, inputs: Batch, n: int, exc: Exception) -> Outcome:
+    """The outcome of a kernel that raised ``exc`` on ``n`` rows: the row's error, or bisect."""
+    if n == 1:
+        return np.zeros(1, dtype=np.bool_), {}, {0: f"{type(exc).__name__}: {exc}"}, None
+    return _bisect(step, inputs, n)
+
+
+def _rejections(result: Applied, n: int) -> tuple[BoolArray, dict[int, str], str | None]:
+    """The kept mask and the reason per rejected position of ``result``."""
     keep = np.ones(n, dtype=np.bool_)
     reasons: dict[int, str] = {}
     for rejection in reversed(result.rejected):  # the first rejection's reason wins
         keep &= ~rejection.mask
         for pos in np.flatnonzero(rejection.mask).tolist():
             reasons[pos] = rejection.reason
-    return keep, result.columns, reasons, result.model_id
+    return keep, reasons, result.model_id
 
 
 def _bisect(step: Step, inputs: Batch, n: int) -> Outcome:

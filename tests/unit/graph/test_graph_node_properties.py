@@ -145,25 +145,40 @@ def test_top_k(values: list[str | None], keep: list[str]) -> None:
     same(got.columns["s"], [None if v is None else v if v in keep else "Others" for v in values])
 
 
-@given(STRINGS, st.lists(WORDS, min_size=1, max_size=4, unique=True), st.booleans(), st.booleans())
-def test_one_hot(values: list[str | None], cats: list[str], drop_first: bool, reject: bool) -> None:
+@given(
+    STRINGS,
+    st.lists(WORDS, min_size=1, max_size=4, unique=True),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from(["float64", "int64", "bool"]),
+    st.booleans(),
+)
+def test_one_hot(
+    values: list[str | None], cats: list[str], drop_first: bool, reject: bool, dtype: str, nullable: bool
+) -> None:
+    if not nullable:
+        values = ["vw" if v is None else v for v in values]
     node = {
         "kind": "one_hot",
         "column": "s",
         "categories": cats,
         "drop_first": drop_first,
         "handle_unknown": "reject" if reject else "ignore",
+        "dtype": dtype,
         "keep_source": True,
     }
     out = cats[1:] if drop_first else cats
-    outputs = [{"name": f"s_{c}", "dtype": "float64"} for c in out] or [
+    outputs = [{"name": f"s_{c}", "dtype": dtype} for c in out] or [
         {"name": "s", "dtype": "string", "nullable": True}
     ]
-    got = run([{"id": "n", **node}], SX, outputs, {"s": strings(values)})
+    inputs = [{"name": "s", "dtype": "string", "nullable": nullable}]
+    got = run([{"id": "n", **node}], inputs, outputs, {"s": strings(values)})
     kept = [i for i, v in enumerate(values) if not (reject and v is not None and v not in cats)]
     assert got.rows.tolist() == kept
+    assert set(got.errors) == set(range(len(values))) - set(kept)
     for c in out:
-        same(got.columns[f"s_{c}"], [1.0 if values[i] == c else 0.0 for i in kept])
+        assert got.columns[f"s_{c}"].dtype == np.dtype(dtype)
+        same(got.columns[f"s_{c}"], [values[i] == c for i in kept])
 
 
 @given(FLOATS, st.sampled_from(["left", "right"]))
@@ -193,6 +208,18 @@ def test_bucketize(values: list[float | None], closed: str) -> None:
         return None
 
     same(got.columns["b"], [ref(v) for v in (floats(values) % 1100 - 100).tolist()])
+
+
+def test_bucketize_with_a_nan_edge_keeps_the_bounds_check() -> None:
+    # NaN passes the "edges increase strictly" check; comparing with a NaN last edge is False, so every row is
+    # outside, as the explicit bounds check has always made it.
+    node = {"kind": "bucketize", "column": "x", "edges": [0.0, 1.0, math.nan], "labels": ["a", "b"]}
+    x = np.array([-1.0, 0.5, 3.0, math.nan])
+    for closed in ("left", "right"):
+        got = one(
+            {**node, "closed": closed, "outside": "out"}, FX, {"name": "x", "dtype": "string"}, {"x": x}
+        )
+        assert got.columns["x"].tolist() == ["out"] * 4
 
 
 @given(FLOATS)

@@ -154,3 +154,41 @@ def test_on_invalid_pass_hands_nan_to_the_model(models: InMemoryModels) -> None:
     result = run([node], XY, [{"name": "s", "dtype": "float64"}], {"x": x, "y": y}, models)
     assert result.rows.tolist() == [0, 1] and not result.errors
     assert result.columns["s"][0] == 3.0 and np.isnan(result.columns["s"][1])
+
+
+def test_feature_matrix_casts_every_column_and_names_the_first_bad_feature() -> None:
+    models = InMemoryModels({"lin3": linear([1.0, 10.0, 100.0])})
+    node = {"id": "m", "kind": "onnx", "model_id": "lin3", "features": ["i", "b", "f"], "outputs": {"Y": "s"}}
+    inputs = [
+        {"name": "f", "dtype": "float64", "nullable": True},
+        {"name": "b", "dtype": "bool"},
+        {"name": "i", "dtype": "int64", "nullable": True},
+    ]
+    batch = {
+        "i": np.array([1.0, 2.0, np.nan, 4.0, 5.0]),
+        "b": np.array([True, False, True, False, True]),
+        "f": np.array([0.5, np.nan, np.nan, -np.inf, 0.25]),
+    }
+    result = run([node], inputs, [{"name": "s", "dtype": "float64"}], batch, models)
+    assert result.rows.tolist() == [0, 4]
+    np.testing.assert_allclose(result.columns["s"], [1 + 10 + 50, 5 + 10 + 25])
+    assert sorted(result.errors) == [1, 2, 3]
+    assert "'f'" in result.errors[1].reason and "'f'" in result.errors[3].reason
+    assert "'i'" in result.errors[2].reason  # both i and f are null: the first feature's reason wins
+
+
+def test_rank_one_model_input_gets_one_column() -> None:
+    from graph_helpers import model_bytes
+    from onnx import TensorProto, helper
+
+    x_in = helper.make_tensor_value_info("X", TensorProto.FLOAT, [None])
+    y_out = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None])
+    two = helper.make_tensor("two", TensorProto.FLOAT, [1], [2.0])
+    model = model_bytes([helper.make_node("Mul", ["X", "two"], ["Y"])], [x_in], [y_out], [two])
+    node = {"id": "m", "kind": "onnx", "model_id": "r1", "features": ["x"], "outputs": {"Y": "s"}}
+    x = np.array([1.5, np.nan, 3.0])
+    result = run(
+        [node], XY, [{"name": "s", "dtype": "float64"}], {"x": x, "y": x}, InMemoryModels({"r1": model})
+    )
+    assert result.rows.tolist() == [0, 2] and list(result.errors) == [1]
+    np.testing.assert_array_equal(result.columns["s"], [3.0, 6.0])

@@ -5,6 +5,7 @@ edges are frozen at authoring time, so scoring never learns from the stream.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from itertools import repeat
 from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
@@ -12,9 +13,9 @@ from pydantic import Field, model_validator
 
 from worker.columns import Batch
 from worker.graph.nodes.base import ColumnName, NodeBase
-from worker.graph.nodes.lookup import factorize, remap
+from worker.graph.nodes.lookup import remap_all
 from worker.graph.plan import Applied, CompileContext, NodeCompiled, Rejection, applied
-from worker.graph.types import ColType, as_float, null_mask
+from worker.graph.types import ColType, as_float
 
 
 class Map(NodeBase):
@@ -55,14 +56,14 @@ class Map(NodeBase):
         null_value = np.nan if numeric else None
         source, output = self.column, self.output or self.column
 
-        def lookup(value: str) -> tuple[Any, bool]:
+        def lookup(value: str) -> Any:
             found = table.get(value, value if keep else default)
-            return (null_value if found is None else found), True
+            return null_value if found is None else found
 
         def kernel(batch: Batch) -> Applied:
-            col = batch[source]
-            out, _ = remap(col, null_mask(col, ct), lookup, np.float64 if numeric else object, null_value)
-            return Applied({output: out})
+            return Applied(
+                {output: remap_all(batch[source], lookup, np.float64 if numeric else object, null_value)}
+            )
 
         return NodeCompiled((source,), {output: target}, kernel)
 
@@ -86,9 +87,9 @@ class TopK(NodeBase):
         source, output = self.column, self.output or self.column
 
         def kernel(batch: Batch) -> Applied:
-            col = batch[source]
-            out, _ = remap(col, null_mask(col, ct), lambda v: (v if v in kept else other, True), object, None)
-            return Applied({output: out})
+            return Applied(
+                {output: remap_all(batch[source], lambda v: v if v in kept else other, object, None)}
+            )
 
         return NodeCompiled((source,), {output: ct}, kernel)
 
@@ -118,22 +119,25 @@ class OneHotEncoder(NodeBase):
         prefix, source = self.prefix if self.prefix is not None else self.column, self.column
         cats = self.categories[1:] if self.drop_first else self.categories
         names = [f"{prefix}_{c}" for c in cats]
-        index = {c: i for i, c in enumerate(self.categories)}
+        # Codes: a category's index, then ``unknown``, then null (only a nullable column holds None). Row j of
+        # ``table`` is output column j over the codes, so one gather builds every column as a contiguous row.
+        unknown = len(self.categories)
+        codes_of: dict[Any, int] = {c: i for i, c in enumerate(self.categories)}
+        if ct.nullable:
+            codes_of[None] = unknown + 1
         offset = 1 if self.drop_first else 0
-        dtype, reject = np.dtype(self.dtype), self.handle_unknown == "reject"
+        table = np.zeros((len(names), unknown + 2), dtype=self.dtype)
+        table[np.arange(len(names)), np.arange(len(names)) + offset] = 1
+        reject = self.handle_unknown == "reject"
 
         def kernel(batch: Batch) -> Applied:
-            col = batch[source]
-            null = null_mask(col, ct)
-            uniques, codes = factorize(col, null)
-            cat_of = np.array([index.get(u, -1) for u in uniques.tolist()] + [-1], dtype=np.intp)
-            cat = cat_of[codes]  # -1 for null or unknown
-            out = {name: np.asarray(cat == i + offset, dtype=dtype) for i, name in enumerate(names)}
-            unknown = (cat < 0) & ~null
-            rejected = (
-                [Rejection(unknown, f"column {source!r}: category not in the frozen list")] if reject else []
-            )
-            return applied(out, rejected)
+            values = batch[source].tolist()
+            codes = np.fromiter(map(codes_of.get, values, repeat(unknown)), dtype=np.intp, count=len(values))
+            out = dict(zip(names, table.take(codes, axis=1), strict=True))
+            if not reject:
+                return Applied(out)
+            rejected = Rejection(codes == unknown, f"column {source!r}: category not in the frozen list")
+            return applied(out, [rejected])
 
         produces = {name: ColType(self.dtype) for name in names}
         removes = frozenset() if self.keep_source else frozenset({source}) - set(names)
@@ -167,18 +171,24 @@ class Bucketize(NodeBase):
         if not ct.numeric or ct.width is not None:
             raise self.error(f"column {self.column!r} is {ct}, bucketize needs a numeric column")
         edges = np.asarray(self.edges, dtype=np.float64)
-        table = np.array([*self.labels, self.outside], dtype=object)  # the last slot: outside / null
         side: Literal["left", "right"] = "left" if self.closed == "right" else "right"
         source, output = self.column, self.output or self.column
-        last = len(self.labels)
+        # searchsorted gives 0 below the first bin, len(edges) above the last (NaN sorts last), and i for bin
+        # i - 1 in between: with ``outside`` at both ends of the table, one gather labels every row.
+        table = np.array([self.outside, *self.labels, self.outside], dtype=object)
 
         def kernel(batch: Batch) -> Applied:
+            return Applied({output: table[np.searchsorted(edges, as_float(batch[source]), side=side)]})
+
+        def nan_edges(batch: Batch) -> Applied:  # NaN edges pass the "increase strictly" check: bound by hand
             x = as_float(batch[source])
-            idx = np.searchsorted(edges, x, side=side) - 1
+            idx = np.searchsorted(edges, x, side=side)
             if side == "left":  # right-closed (a, b]: the first edge itself is outside
                 inside = (x > edges[0]) & (x <= edges[-1])
             else:  # left-closed [a, b)
                 inside = (x >= edges[0]) & (x < edges[-1])
-            return Applied({output: table[np.where(inside, idx, last)]})
+            return Applied({output: table[np.where(inside, idx, 0)]})
 
+        if np.isnan(edges).any():
+            kernel = nan_edges
         return NodeCompiled((source,), {output: ColType("string", self.outside is None)}, kernel)

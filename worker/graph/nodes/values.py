@@ -13,7 +13,7 @@ from pydantic import Field
 
 from worker.columns import Batch
 from worker.graph.nodes.base import ColumnName, NodeBase
-from worker.graph.nodes.lookup import remap
+from worker.graph.nodes.lookup import remap, remap_all
 from worker.graph.plan import Applied, CompileContext, NodeCompiled, Rejection, applied
 from worker.graph.types import DATETIMES, ColType, DType, null_mask, physical
 
@@ -33,17 +33,18 @@ class Fillna(NodeBase):
         types = self.need_all(view, self.columns)
         fill = {name: self._fill_value(name, ct) for name, ct in types.items()}
         targets = {name: ColType(ct.dtype) for name, ct in types.items()}
+        plan = tuple((name, ct, fill[name], physical(targets[name])) for name, ct in types.items())
 
         def kernel(batch: Batch) -> Applied:
             out = {}
-            for name, ct in types.items():
-                col = batch[name]
-                null = null_mask(col, ct)
-                filled = col
-                if null.any():  # inputs may be read-only views of the decoded batch
-                    filled = col.copy()
-                    filled[null] = fill[name]
-                out[name] = filled.astype(physical(targets[name]), copy=False)
+            for name, ct, value, dtype in plan:
+                filled = col = batch[name]
+                if ct.nullable:
+                    null = null_mask(col, ct)
+                    if null.any():  # inputs may be read-only views of the decoded batch
+                        filled = col.copy()
+                        filled[null] = value
+                out[name] = filled.astype(dtype, copy=False)
             return Applied(out)
 
         return NodeCompiled(self.columns, targets, kernel)
@@ -84,12 +85,14 @@ class Astype(NodeBase):
             targets[name] = ColType(self.dtype, ct.nullable or (fails and may_fail))
             converters[name] = conv
         reject = self.on_invalid == "reject"
+        plan = tuple(
+            (name, ct, converters[name], targets[name], physical(targets[name])) for name, ct in types.items()
+        )
 
         def kernel(batch: Batch) -> Applied:
             out, rejected = {}, []
-            for name, ct in types.items():
-                col, invalid = converters[name](batch[name], ct)
-                target = targets[name]
+            for name, ct, convert, target, dtype in plan:
+                col, invalid = convert(batch[name], ct)
                 if invalid is not None and invalid.any():
                     if reject:
                         rejected.append(
@@ -99,7 +102,7 @@ class Astype(NodeBase):
                     else:
                         col = col.astype(physical(ColType(target.dtype, True)))
                         col[invalid] = np.nan if col.dtype.kind == "f" else None
-                out[name] = col.astype(physical(target), copy=False)
+                out[name] = col.astype(dtype, copy=False)
             return applied(out, rejected)
 
         return NodeCompiled(self.columns, targets, kernel)
@@ -138,7 +141,7 @@ def _parser(dst: str) -> Callable[[Column, ColType], tuple[Column, Any]]:
     dtype = {"float64": np.float64, "int64": np.float64, "bool": object}.get(dst, dst)
 
     def convert(col: Column, ct: ColType) -> tuple[Column, Any]:
-        out, invalid = remap(col, null_mask(col, ct), parse, dtype, null_value)
+        out, invalid = remap(col, None, parse, dtype, null_value)
         out[invalid] = null_value
         return out, invalid
 
@@ -155,17 +158,23 @@ def _formatter(col: Column, ct: ColType) -> tuple[Column, Any]:
 
 def _numeric(dst: str) -> Callable[[Column, ColType], tuple[Column, Any]]:
     def convert(col: Column, ct: ColType) -> tuple[Column, Any]:
-        null = null_mask(col, ct)
-        if ct.dtype == "bool" and ct.nullable:
-            col = np.where(null, False, col).astype(np.bool_)
-        with np.errstate(invalid="ignore"):
-            as_float = col.astype(np.float64)
+        null = null_mask(col, ct) if ct.nullable else None
+        if null is not None and not null.any():
+            null = None
+        if ct.dtype == "bool" and ct.nullable:  # object True / False / None
+            col = (col if null is None else np.where(null, False, col)).astype(np.bool_)
+        as_float = col.astype(np.float64)  # from int, bool or float: never a floating-point warning
         if dst == "float64":
-            return np.where(null, np.nan, as_float), None
+            return (as_float if null is None else np.where(null, np.nan, as_float)), None
         if dst == "bool":
             out = (as_float != 0).astype(object)
-            out[null] = None
+            if null is not None:
+                out[null] = None
             return out, None
+        if null is None and col.dtype.kind != "f":  # ints and bools are finite and whole already
+            return as_float, None
+        if null is None:
+            null = np.zeros(len(col), dtype=np.bool_)
         invalid = ~null & ~np.isfinite(as_float)
         return np.where(null | invalid, np.nan, np.trunc(as_float)), invalid
 
@@ -188,13 +197,6 @@ class Text(NodeBase):
         fn: Callable[[str], str] = getattr(str, self.op)
 
         def kernel(batch: Batch) -> Applied:
-            return Applied(
-                {
-                    name: remap(
-                        batch[name], null_mask(batch[name], ct), lambda v: (fn(v), True), object, None
-                    )[0]
-                    for name, ct in types.items()
-                }
-            )
+            return Applied({name: remap_all(batch[name], fn, object, None) for name in types})
 
         return NodeCompiled(self.columns, dict(types), kernel)
