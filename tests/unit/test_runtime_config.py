@@ -308,6 +308,16 @@ def test_registry_secrets_come_from_files(tmp_path: Path) -> None:
     assert SECRET not in repr(s)
 
 
+def test_producer_tuning_defaults_give_way_to_producer_extra(tmp_path: Path) -> None:
+    default = load_settings(config(tmp_path)).producer_config()
+    assert (default["linger.ms"], default["compression.type"], default["acks"]) == (5, "lz4", "all")
+    tuned = load_settings(config(tmp_path, '[kafka.producer_extra]\n"linger.ms" = "20"\n'
+                                           '"compression.type" = "zstd"'))  # fmt: skip
+    producer = tuned.producer_config()
+    assert (producer["linger.ms"], producer["compression.type"]) == ("20", "zstd")
+    assert (producer["enable.idempotence"], producer["acks"]) == (True, "all")
+
+
 # --- the librdkafka dicts ----------------------------------------------------------------------------------
 
 

@@ -49,6 +49,7 @@ OWNED_LIBRDKAFKA = {
     "group.id",
     "transactional.id",
     "enable.idempotence",
+    "acks",
     "isolation.level",
     "partition.assignment.strategy",
     "enable.gapless.guarantee",
@@ -261,8 +262,10 @@ class Settings(BaseSettings):
         return config
 
     def producer_config(self) -> dict[str, Any]:
-        config = self.kafka.client_config("producer")
-        config.update({"enable.idempotence": True, "acks": "all", "linger.ms": 5, "compression.type": "lz4"})
+        # Tunable defaults first (kafka.extra / producer_extra may change them), then what the guarantees need.
+        config: dict[str, Any] = {"linger.ms": 5, "compression.type": "lz4"}
+        config.update(self.kafka.client_config("producer"))
+        config.update({"enable.idempotence": True, "acks": "all"})
         if self.delivery == "at-least-once":
             # Any failed delivery is fatal, so one delivery report can stand for its partition's batch.
             config["enable.gapless.guarantee"] = True
