@@ -9,7 +9,8 @@ its original key, value and headers plus the reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterable
 
 from confluent_kafka import Message, Producer
 
@@ -60,21 +61,23 @@ class Sink:
         rows = result.score_rows.tolist()
         parts = meta.partitions[result.score_rows].tolist()
         offsets = meta.offsets[result.score_rows].tolist()
-        keys, values = meta.keys, meta.values
+        keys, values, topics = meta.keys, meta.values, meta.topics
         source = {(t, p): headers.source(t, p) for t, p in meta.commit_points}
-        schema_tail = self._schema_tail
+        tails = self._tails_of([values[r] for r in rows])
+        # Every score's headers in one comprehension: the per-event Python here is most of the sink's cost.
+        all_headers = [
+            [*source[(topics[r], p)], (headers.OFFSET, b"%d" % o), *tail]
+            for r, p, o, tail in zip(rows, parts, offsets, tails, strict=True)
+        ]
         produce = self.producer.produce
-        confluent = self.settings.input.framing == "confluent"
-        for k, value in enumerate(result.score_values):
-            row = rows[k]
-            raw = values[row]
-            tail = schema_tail(raw[1:5] if confluent and raw else b"")
-            hdrs = headers.lineage(source[(meta.topics[row], parts[k])], offsets[k], tail)
-            partition = out_parts[k] if by_source else -1
+        targets = out_parts if by_source else [-1] * len(rows)
+        for value, r, hdrs, partition, report in zip(
+            result.score_values, rows, all_headers, targets, reports, strict=True
+        ):
             try:
-                produce(topic, value, keys[row], partition=partition, headers=hdrs, on_delivery=reports[k])  # type: ignore[arg-type]
+                produce(topic, value, keys[r], partition=partition, headers=hdrs, on_delivery=report)  # type: ignore[arg-type]
             except BufferError:  # the local queue is full: serve deliveries, then try again
-                self._send(topic, value, keys[row], partition, hdrs, reports[k])
+                self._send(topic, value, keys[r], partition, hdrs, report)
         self._dead_letter(result.errors, batch, on_delivery)
 
     @staticmethod
@@ -90,8 +93,20 @@ class Sink:
             reports[k] = on_delivery
         return reports
 
-    def _schema_tail(self, schema_id: bytes) -> tuple[tuple[str, bytes], ...]:
-        """The constant headers after the offset: graph, models and the writer schema id (cached per id)."""
+    def _tails_of(self, raws: list[bytes | None]) -> Iterable[tuple[headers.Header, ...]]:
+        """Per score, the constant headers after the offset: graph, models and the writer schema id.
+
+        One writer schema per batch is the common case: its tail is looked up once, not once per event.
+        """
+        if self.settings.input.framing != "confluent":
+            return itertools.repeat(self._schema_tail(b""), len(raws))
+        ids = [raw[1:5] if raw else b"" for raw in raws]
+        if ids and ids.count(ids[0]) == len(ids):
+            return itertools.repeat(self._schema_tail(ids[0]), len(ids))
+        return [self._schema_tail(i) for i in ids]
+
+    def _schema_tail(self, schema_id: bytes) -> tuple[headers.Header, ...]:
+        """The tail for one writer schema id (the 4 framing bytes; empty without framing), cached."""
         tail = self._tails.get(schema_id)
         if tail is None:
             tail = self._tails[schema_id] = (*self._lineage, *headers.schema_id(schema_id))
