@@ -104,6 +104,23 @@ def test_unknown_id_is_schema_not_found_without_retry(stub: tuple[Stub, str]) ->
     assert len(state.seen) == 1
 
 
+def test_an_unknown_id_is_remembered_for_the_ttl_then_asked_again(stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    state.queue = [(404, {"error_code": 40403, "message": "Schema not found"})] * 2
+    now = [100.0]
+    registry = SchemaRegistryClient(RegistryConfig(url=url, not_found_ttl_s=30), clock=lambda: now[0])
+    for _ in range(3):  # a run of poison records naming the id: one lookup
+        with pytest.raises(SchemaNotFound, match="not found"):
+            registry.schema_by_id(99)
+    assert len(state.seen) == 1
+    now[0] += 30  # the ttl ran out: asked again (still missing), then once more after it appears
+    with pytest.raises(SchemaNotFound):
+        registry.schema_by_id(99)
+    now[0] += 30
+    assert registry.schema_by_id(99).parsed["name"] == "R"
+    assert len(state.seen) == 3
+
+
 def test_refused_registration_is_a_config_error(stub: tuple[Stub, str]) -> None:
     state, url = stub
     state.queue = [(409, {"error_code": 409, "message": "incompatible"})]

@@ -39,6 +39,8 @@ class RegistryConfig(BaseModel):
     max_retries: int = Field(default=4, ge=0)
     backoff_initial_s: float = Field(default=0.1, ge=0)
     backoff_max_s: float = Field(default=2.0, ge=0)
+    # An unknown id is remembered this long: a stream of records naming it costs one lookup, not one each.
+    not_found_ttl_s: float = Field(default=30.0, ge=0)
 
 
 class SchemaNotFound(LookupError):
@@ -48,10 +50,18 @@ class SchemaNotFound(LookupError):
 class SchemaRegistryClient:
     """Fetches and registers Avro schemas; ``schema_by_id`` answers from its cache after the first call."""
 
-    def __init__(self, config: RegistryConfig, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        config: RegistryConfig,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.config = config
         self._sleep = sleep
+        self._clock = clock
         self._by_id: dict[int, AvroSchema] = {}
+        self._missing: dict[int, tuple[float, str]] = {}  # id -> (forgotten at, the reason)
         self._lock = threading.Lock()
         self._headers = {"Accept": _CONTENT_TYPE, "Content-Type": _CONTENT_TYPE}
         if config.basic_auth_user_info:
@@ -61,21 +71,37 @@ class SchemaRegistryClient:
             self._headers["Authorization"] = f"Bearer {config.bearer_token}"
 
     def schema_by_id(self, schema_id: int) -> AvroSchema:
-        """The writer schema registered as ``schema_id``; raises SchemaNotFound or RegistryUnavailable."""
+        """The writer schema registered as ``schema_id``; raises SchemaNotFound or RegistryUnavailable.
+
+        Answers from its cache after the first success, and for ``not_found_ttl_s`` after a SchemaNotFound
+        (a poison record's unknown id would otherwise cost a registry round trip in every batch).
+        """
         with self._lock:
             cached = self._by_id.get(schema_id)
+            missing = self._missing.get(schema_id)
         if cached is not None:
             return cached
+        if missing is not None and self._clock() < missing[0]:
+            raise SchemaNotFound(missing[1])
+        try:
+            schema = self._fetch(schema_id)
+        except SchemaNotFound as exc:
+            with self._lock:
+                self._missing[schema_id] = (self._clock() + self.config.not_found_ttl_s, str(exc))
+            raise
+        with self._lock:
+            self._by_id[schema_id] = schema
+            self._missing.pop(schema_id, None)
+        return schema
+
+    def _fetch(self, schema_id: int) -> AvroSchema:
         body = self._request("GET", f"/schemas/ids/{schema_id}")
         if body.get("schemaType", "AVRO") != "AVRO" or body.get("references"):
             raise SchemaNotFound(f"schema {schema_id} is not a self-contained Avro schema")
         try:
-            schema = AvroSchema.parse(body["schema"])
+            return AvroSchema.parse(body["schema"])
         except (SchemaParseError, KeyError) as exc:
             raise SchemaNotFound(f"schema {schema_id} is not valid Avro: {exc}") from exc
-        with self._lock:
-            self._by_id[schema_id] = schema
-        return schema
 
     def register(self, subject: str, schema: AvroSchema) -> int:
         """Register ``schema`` under ``subject`` (idempotent); its id. Raises ConfigError when refused."""
