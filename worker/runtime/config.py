@@ -262,7 +262,7 @@ class Settings(BaseSettings):
         return config
 
     def producer_config(self) -> dict[str, Any]:
-        # Tunable defaults first (kafka.extra / producer_extra may change them), then what the guarantees need.
+        # Tunable defaults first (kafka.extra and producer_extra may change them), then the guarantees.
         config: dict[str, Any] = {"linger.ms": 5, "compression.type": "lz4"}
         config.update(self.kafka.client_config("producer"))
         config.update({"enable.idempotence": True, "acks": "all"})
