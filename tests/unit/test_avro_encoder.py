@@ -78,3 +78,30 @@ def test_float_and_bool_label_columns_encode_like_ints() -> None:
 def test_empty_batch() -> None:
     encoded = ScoreEncoder(SCORE).encode({name: column[:0] for name, column in columns(1).items()})
     assert encoded.values == [] and encoded.errors == {}
+
+
+def test_small_and_large_batches_cut_rows_alike() -> None:
+    """Up to 32 rows are joined per row in Python, more are scattered in numpy: same bytes and errors."""
+    for n in (1, 2, 31, 32, 33, 63, 64, 65, 200):
+        batch = columns(n)
+        batch["ecid"][0] = "é" * (n % 7)  # a multi-byte string, and an empty one for some sizes
+        batch["ecid"][n // 2] = None
+        batch["score"][-1] = 0.0  # a record ending in NUL bytes
+        encoded = ScoreEncoder(SCORE, schema_id=3).encode(batch)
+
+        good = [i for i in range(n) if i != n // 2]
+        assert encoded.rows.tolist() == good
+        assert list(encoded.errors) == [n // 2]
+        expected = [
+            b"\x00\x00\x00\x00\x03"
+            + fastavro_bytes(
+                {
+                    "ecid": batch["ecid"][i],
+                    "score": float(batch["score"][i]),
+                    "label": i % 2,
+                    "timestamp": 1_700_000_000_000 + i,
+                }
+            )
+            for i in good
+        ]
+        assert encoded.values == expected, n

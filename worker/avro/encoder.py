@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import fastavro
@@ -28,23 +28,30 @@ from worker.errors import ConfigError, EncodeError
 
 _INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 _UNITS = {"ts_ms": "ms", "ts_us": "us", "date": "D"}
+Mask = npt.NDArray[np.bool_]
 
 
-@dataclass
 class _Rows:
     """Per-row verdicts of one encode call: the first reason each bad row failed."""
 
-    n: int
-    bad: npt.NDArray[np.bool_] = field(init=False)
-    reasons: dict[int, str] = field(default_factory=dict)
+    __slots__ = ("bad", "reasons")
 
-    def __post_init__(self) -> None:
-        self.bad = np.zeros(self.n, dtype=np.bool_)
+    def __init__(self) -> None:
+        self.bad: Mask | None = None  # built on the first failure: most batches have none
+        self.reasons: dict[int, str] = {}
 
-    def fail(self, mask: npt.NDArray[np.bool_], reason: str) -> None:
-        for i in np.flatnonzero(mask & ~self.bad).tolist():
+    def fail(self, mask: Mask, reason: str) -> None:
+        if not mask.any():
+            return
+        new = mask if self.bad is None else mask & ~self.bad
+        for i in np.flatnonzero(new).tolist():
             self.reasons[i] = reason
-        self.bad |= mask
+        self.bad = mask.copy() if self.bad is None else self.bad | mask
+
+
+def _where(write: Mask | None, mask: Mask) -> Mask:
+    """``mask`` restricted to the rows that write (``write`` None: all of them)."""
+    return mask if write is None else write & mask
 
 
 FieldEncoder = Callable[[Batch, _Rows], list[wire.Segment]]
@@ -101,7 +108,7 @@ class ScoreEncoder:
         n = batch_len(columns)
         if n == 0:
             return Encoded([], np.zeros(0, dtype=np.int64), {})
-        verdicts = _Rows(n)
+        verdicts = _Rows()
         segments = [segment for encode in self._fields for segment in encode(columns, verdicts)]
         values = wire.assemble(self._header, segments, n)
         if not verdicts.reasons:
@@ -116,6 +123,7 @@ class ScoreEncoder:
             )
             for i, reason in verdicts.reasons.items()
         }
+        assert verdicts.bad is not None  # set with the first reason
         rows = np.flatnonzero(~verdicts.bad).astype(np.int64)
         return Encoded([values[i] for i in rows.tolist()], rows, errors)
 
@@ -145,7 +153,7 @@ def _leaf(  # noqa: PLR0917
     base = type_name(inner)
     if kind in ("decimal", "uuid", "object"):
         return _generic(schema, full_type, name, kinds)
-    value: Callable[[Column, npt.NDArray[np.bool_], _Rows], list[wire.Segment]]
+    value: Callable[[Column, Mask | None, _Rows], list[wire.Segment]]
     if base in ("int", "long"):
         value = _ints(name, _INT_RANGE[base], _UNITS.get(kind))
     elif base in ("float", "double"):
@@ -159,15 +167,19 @@ def _leaf(  # noqa: PLR0917
     else:
         return _generic(schema, full_type, name, kinds)
 
+    present = 2 * (1 - null_idx) if null_idx is not None else 0  # zigzag of the non-null branch index
+
     def encode(columns: Batch, rows: _Rows) -> list[wire.Segment]:
         col = _column(columns, name)
         null = _nulls(col)
         if null_idx is None:
-            if null.any():
+            if null is not None:
                 rows.fail(null, f"{name}: null in a non-null field")
-            return value(col, ~null, rows)
+            return value(col, None if null is None else ~null, rows)
+        if null is None:
+            return [wire.constant(present, len(col)), *value(col, None, rows)]
         branch = np.where(null, null_idx, 1 - null_idx).astype(np.uint8) * 2  # zigzag of 0 / 1
-        return [wire.Segment(branch, np.ones(len(col), dtype=np.int64)), *value(col, ~null, rows)]
+        return [wire.Segment(branch, None, 1), *value(col, ~null, rows)]
 
     return encode
 
@@ -179,22 +191,28 @@ def _column(columns: Batch, name: str) -> Column:
         raise ConfigError("the score batch has no such column", field=name) from None
 
 
-def _nulls(col: Column) -> npt.NDArray[np.bool_]:
-    if col.dtype.kind == "f":
-        return np.isnan(col)
-    if col.dtype.kind == "M":
-        return np.isnat(col)
-    if col.dtype == object:
-        return np.asarray(col == None, dtype=np.bool_)  # noqa: E711 (elementwise, in C)
-    return np.zeros(len(col), dtype=np.bool_)
+def _nulls(col: Column) -> Mask | None:
+    """The null rows of ``col``; None when there are none (then no mask work is needed downstream)."""
+    kind = col.dtype.kind
+    if kind == "f":
+        null = np.isnan(col)
+    elif kind == "M":
+        null = np.isnat(col)
+    elif kind == "O":
+        null = np.asarray(col == None, dtype=np.bool_)  # noqa: E711 (elementwise, in C)
+    else:
+        return None
+    return null if null.any() else None
 
 
 def _ints(name: str, bounds: tuple[int, int], unit: str | None) -> Any:
     low, high = bounds
+    as_time = np.dtype(f"datetime64[{unit or 'ms'}]")
+    checked = bounds != _INT_RANGE["long"]  # every int64 fits a long
 
-    def value(col: Column, write: npt.NDArray[np.bool_], rows: _Rows) -> list[wire.Segment]:
+    def value(col: Column, write: Mask | None, rows: _Rows) -> list[wire.Segment]:
         if col.dtype.kind == "M":
-            col = col.astype(f"datetime64[{unit or 'ms'}]").view(np.int64)
+            col = col.astype(as_time, copy=False).view(np.int64)
         elif col.dtype == object:
             col = np.array(
                 [0 if v is None or not isinstance(v, int | np.integer) else v for v in col], dtype=object
@@ -202,30 +220,34 @@ def _ints(name: str, bounds: tuple[int, int], unit: str | None) -> Any:
         if col.dtype.kind == "f":
             ok = np.isfinite(col) & (np.abs(col) < 2.0**63)
             ok[ok] &= col[ok] == np.floor(col[ok])
-            rows.fail(write & ~ok, f"{name}: not an integer")
+            rows.fail(_where(write, ~ok), f"{name}: not an integer")
             col = np.where(ok, col, 0.0)
-        ints = col.astype(np.int64) if col.dtype != object else np.array(col.tolist(), dtype=np.int64)
-        rows.fail(
-            write & ((ints < low) | (ints > high)), f"{name}: out of range for Avro {unit or 'int/long'}"
+        ints = (
+            col.astype(np.int64, copy=False)
+            if col.dtype != object
+            else np.array(col.tolist(), dtype=np.int64)
         )
+        if checked and len(ints) and (int(ints.min()) < low or int(ints.max()) > high):
+            out = _where(write, (ints < low) | (ints > high))
+            rows.fail(out, f"{name}: out of range for Avro {unit or 'int/long'}")
         return [wire.longs(ints, write)]
 
     return value
 
 
 def _floats(name: str, fmt: str) -> Any:
-    def value(col: Column, write: npt.NDArray[np.bool_], rows: _Rows) -> list[wire.Segment]:
+    def value(col: Column, write: Mask | None, rows: _Rows) -> list[wire.Segment]:
         if col.dtype == object:
             col = np.array([0.0 if v is None else v for v in col], dtype=np.float64)
-        out = col.astype(fmt)
+        out = col.astype(fmt, copy=False)
         if fmt == "<f4":  # struct.pack('<f') (fastavro) refuses finite doubles beyond float32's range
-            rows.fail(write & np.isinf(out) & np.isfinite(col), f"{name}: out of range for Avro float")
+            rows.fail(_where(write, np.isinf(out) & np.isfinite(col)), f"{name}: out of range for Avro float")
         return [wire.fixed_width(out, write)]
 
     return value
 
 
-def _bools(col: Column, write: npt.NDArray[np.bool_], rows: _Rows) -> list[wire.Segment]:
+def _bools(col: Column, write: Mask | None, rows: _Rows) -> list[wire.Segment]:
     as_bool = (
         col.astype(np.bool_) if col.dtype != object else np.array([bool(v) for v in col], dtype=np.bool_)
     )
@@ -235,9 +257,9 @@ def _bools(col: Column, write: npt.NDArray[np.bool_], rows: _Rows) -> list[wire.
 def _enum(name: str, symbols: list[str]) -> Any:
     index = {s: i for i, s in enumerate(symbols)}
 
-    def value(col: Column, write: npt.NDArray[np.bool_], rows: _Rows) -> list[wire.Segment]:
+    def value(col: Column, write: Mask | None, rows: _Rows) -> list[wire.Segment]:
         idx = np.fromiter((index.get(v, -1) if isinstance(v, str) else -1 for v in col), np.int64, len(col))
-        rows.fail(write & (idx < 0), f"{name}: not a symbol of the enum")
+        rows.fail(_where(write, idx < 0), f"{name}: not a symbol of the enum")
         return [wire.longs(np.maximum(idx, 0), write)]
 
     return value
@@ -246,37 +268,42 @@ def _enum(name: str, symbols: list[str]) -> Any:
 def _blobs(name: str, base: str, size: int | None) -> Any:
     want = str if base == "string" else bytes
 
-    def value(col: Column, write: npt.NDArray[np.bool_], rows: _Rows) -> list[wire.Segment]:
+    def value(col: Column, write: Mask | None, rows: _Rows) -> list[wire.Segment]:
+        keep: Mask | None
         if set(map(type, col)) <= {want}:
             keep = write
         else:
             wrong = np.fromiter((not isinstance(v, want) for v in col), np.bool_, len(col))
-            rows.fail(write & wrong, f"{name}: not a {want.__name__}")
-            keep = write & ~wrong
+            rows.fail(_where(write, wrong), f"{name}: not a {want.__name__}")
+            keep = _where(write, ~wrong)
         if base == "string":
             chunks = _utf8(name, col, keep, rows)
+        elif keep is None or keep.all():
+            chunks = list(col)
         else:
-            chunks = list(col) if keep.all() else [v if k else b"" for v, k in zip(col, keep, strict=True)]
+            chunks = [v if k else b"" for v, k in zip(col, keep, strict=True)]
         if size is not None:
             lens = np.fromiter(map(len, chunks), np.int64, len(chunks))
-            rows.fail(keep & (lens != size), f"{name}: fixed value is not {size} bytes")
+            rows.fail(_where(keep, lens != size), f"{name}: fixed value is not {size} bytes")
+            kept = [True] * len(chunks) if keep is None else keep.tolist()
             chunks = [
-                c if len(c) == size else bytes(size) if k else b"" for c, k in zip(chunks, keep, strict=True)
+                c if len(c) == size else bytes(size) if k else b"" for c, k in zip(chunks, kept, strict=True)
             ]
         return wire.blobs(chunks, prefix=size is None, write=keep)
 
     return value
 
 
-def _utf8(name: str, col: Column, keep: npt.NDArray[np.bool_], rows: _Rows) -> list[bytes]:
+def _utf8(name: str, col: Column, keep: Mask | None, rows: _Rows) -> list[bytes]:
     try:
-        if keep.all():
+        if keep is None or keep.all():
             return list(map(str.encode, col))
         return [v.encode() if k else b"" for v, k in zip(col, keep, strict=True)]
     except UnicodeEncodeError:
         broken = np.zeros(len(col), dtype=np.bool_)
         chunks = []
-        for i, (v, k) in enumerate(zip(col, keep, strict=True)):
+        kept = [True] * len(col) if keep is None else keep.tolist()
+        for i, (v, k) in enumerate(zip(col, kept, strict=True)):
             try:
                 chunks.append(v.encode() if k else b"")
             except UnicodeEncodeError:
