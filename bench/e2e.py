@@ -32,7 +32,10 @@ Figures:
   producer (adds the fetch hop and librdkafka's queue to the above; whole milliseconds);
   ``p50_/p99_end_to_end_ms_at_L``: the paced producer's ``produce()`` -> the score read back;
   ``p99_worker_histogram_ms_at_L``: the worker's ``rtml_end_to_end_seconds`` (broker append -> produce,
-  coarse buckets), a cross-check of the append-to-score figure.
+  coarse buckets), a cross-check of the append-to-score figure;
+  ``L_batches_per_s``, ``L_mean_batch_size``, ``L_mean_batch_ms`` (from the worker's batch histograms) and
+  ``L_worker_loop_busy`` (CPU seconds of the worker's main thread, the consumer loop, per second of the
+  window: 1.0 is a whole core): where the in-worker latency comes from.
 """
 
 from __future__ import annotations
@@ -146,13 +149,21 @@ class Bench:
                     reader.start()
                 producer.start()
                 time.sleep(WARM_UP_S)
-                before = worker.scrape()
+                before, cpu_before, wall_before = (
+                    worker.scrape(),
+                    _main_thread_cpu_s(worker.pid),
+                    time.monotonic(),
+                )
                 producer.join()
                 if reader is not None:
                     _wait_scores(reader, len(producer.sent_at), worker)
                 else:
                     worker.wait_for("rtml_events_out_total", len(producer.sent_at), timeout_s=DRAIN_TIMEOUT_S)
-                after = worker.scrape()
+                after, cpu_after, wall_after = (
+                    worker.scrape(),
+                    _main_thread_cpu_s(worker.pid),
+                    time.monotonic(),
+                )
             finally:
                 if reader is not None:
                     reader.stopping.set()
@@ -174,6 +185,10 @@ class Bench:
                 f"p50_end_to_end_ms_at_{load}": round(float(end_to_end[0]), 2),
                 f"p99_end_to_end_ms_at_{load}": round(float(end_to_end[1]), 2),
             }
+        figures |= _batching(before, after, load, wall_after - wall_before)
+        if cpu_before is not None and cpu_after is not None:
+            busy = (cpu_after - cpu_before) / (wall_after - wall_before)
+            figures[f"{load}_worker_loop_busy"] = round(busy, 2)
         for metric, figure in HISTOGRAMS.items():
             p99 = _histogram_p99(before, after, metric)
             if p99 is not None:  # a series the worker may not export (yet)
@@ -221,6 +236,31 @@ def _wait_scores(reader: ScoreReader, sent: int, worker: WorkerProcess) -> None:
     while reader.count < sent and time.monotonic() < deadline:
         worker.check_alive()
         time.sleep(0.05)
+
+
+def _batching(before: Samples, after: Samples, load: str, seconds: float) -> dict[str, float]:
+    """Batches per second, mean events per batch and mean milliseconds per batch over the window."""
+
+    def delta(name: str) -> float:
+        return after.get((name, ()), 0.0) - before.get((name, ()), 0.0)
+
+    batches = delta("rtml_batch_size_count")
+    if not batches:
+        return {}
+    return {
+        f"{load}_batches_per_s": round(batches / seconds),
+        f"{load}_mean_batch_size": round(delta("rtml_batch_size_sum") / batches, 1),
+        f"{load}_mean_batch_ms": round(delta("rtml_batch_seconds_sum") / batches * 1000, 2),
+    }
+
+
+def _main_thread_cpu_s(pid: int) -> float | None:
+    """CPU seconds of the worker's consumer loop (the process's main thread); None where /proc is absent."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _histogram_p99(before: Samples, after: Samples, metric: str) -> float | None:
