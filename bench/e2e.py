@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -88,7 +89,8 @@ HISTOGRAMS = {
 class Bench:
     """What the steps share: scratch names, the trained graph, the pre-filled topic and its end offsets."""
 
-    def __init__(self, scratch: Scratch, root: Path) -> None:
+    def __init__(self, scratch: Scratch, root: Path, *, events: int = EVENTS, fill: bool = True) -> None:
+        """Train, create the topics, encode ``events`` events; ``fill``: pre-fill the input topic."""
         self.scratch, self.root = scratch, root
         self.store = root / "store"
         self.graph = train(pd.DataFrame(generate(5_000, seed=1)), root / "out", ModelStore(self.store),
@@ -96,21 +98,27 @@ class Bench:
         self.topics = (scratch.topic("events", PARTITIONS), scratch.topic("scores", PARTITIONS),
                        scratch.topic("dead-letter", 3))  # fmt: skip
         self.schema_id = scratch.register(self.topics[0])
-        events = generate(EVENTS, seed=11)
-        self.values = encode_events(events, self.schema_id)
-        self.keys = [event["ecid"].encode() for event in events]
-        prefill(scratch.bootstrap, self.topics[0], self.values, self.keys)
-        self.ends = end_offsets(scratch.bootstrap, self.topics[0])
-        if sum(self.ends.values()) != EVENTS:
-            raise RuntimeError(f"pre-filled topic holds {sum(self.ends.values())} events, not {EVENTS}")
+        generated = generate(events, seed=11)
+        self.values = encode_events(generated, self.schema_id)
+        self.keys = [event["ecid"].encode() for event in generated]
+        self.ends: dict[int, int] = {}
+        if fill:
+            prefill(scratch.bootstrap, self.topics[0], self.values, self.keys)
+            self.ends = end_offsets(scratch.bootstrap, self.topics[0])
+            if sum(self.ends.values()) != events:
+                raise RuntimeError(f"pre-filled topic holds {sum(self.ends.values())} events, not {events}")
 
     def worker(
-        self, what: str, topics: tuple[str, str, str], group: str, max_wait_ms: int, fetch_wait_ms: int | None
+        self, what: str, topics: tuple[str, str, str], group: str, max_wait_ms: int,
+        fetch_wait_ms: int | None, stand_ins: str = "",
     ) -> WorkerProcess:  # fmt: skip
         s = self.scratch
         config = worker_config(self.root / f"{what}.toml", bootstrap=s.bootstrap, registry_url=s.registry_url,
                                group=group, topics=topics, graph=self.graph, store=self.store,
                                max_wait_ms=max_wait_ms, fetch_wait_max_ms=fetch_wait_ms)  # fmt: skip
+        if stand_ins:  # some stages replaced by near-free stand-ins (bench/stand_ins.py): a bound, not a mode
+            args = [sys.executable, "-m", "bench.stand_ins", stand_ins, "run", "--config", str(config)]
+            return WorkerProcess(args, self.root / f"{what}.log", cwd=ROOT)
         return WorkerProcess.start(config, self.root / f"{what}.log", cwd=ROOT)
 
     def worker_rate(self, repeat: int) -> float:
@@ -133,14 +141,15 @@ class Bench:
         return (EVENTS - first) / elapsed
 
     def paced(
-        self, load: str, rate: float, max_wait_ms: int, fetch_wait_ms: int | None, read: bool
-    ) -> dict[str, float]:
+        self, load: str, rate: float, max_wait_ms: int, fetch_wait_ms: int | None, read: bool,
+        stand_ins: str = "",
+    ) -> dict[str, float]:  # fmt: skip
         """Latency figures of one worker fed at ``rate`` events per second (see bench/e2e_latency.py)."""
         s = self.scratch
         source = s.topic(f"{load}-events", PARTITIONS, log_append_time=True)
         topics = (source, s.topic(f"{load}-scores", PARTITIONS), self.topics[2])
         group = s.group(load)
-        with self.worker(load, topics, group, max_wait_ms, fetch_wait_ms) as worker:
+        with self.worker(load, topics, group, max_wait_ms, fetch_wait_ms, stand_ins) as worker:
             worker.wait_for("rtml_assigned_partitions", PARTITIONS)
             reader = ScoreReader(s.bootstrap, topics[1], PARTITIONS) if read else None
             producer = PacedProducer(s.bootstrap, source, self.values, rate, PACED_S)
