@@ -17,9 +17,9 @@ and subject it creates is deleted at the end, every worker process it starts is 
 3. For each of ``PACED_LOADS``, a fresh worker scores a fresh topic fed at a fraction of the median worker
    rate for ``PACED_S`` seconds (the first ``WARM_UP_S`` not counted): half capacity with the default
    batching (natural batching: ``batch.max_wait_ms = 0``), and half capacity with librdkafka's
-   ``fetch.wait.max.ms = 5``. The paced producer is a niced process of its own (bench/e2e_paced.py), the
-   score reader a thread of this one, on the same cores as the broker and the worker: the delays are
-   defined in bench/e2e_latency.py.
+   ``fetch.wait.max.ms = 5``. The paced producer is a process of its own (bench/e2e_paced.py; niced
+   unless the scores are read back), the score reader a thread of this one, on the same cores as the
+   broker and the worker: the delays are defined in bench/e2e_latency.py.
 
 Figures:
 - ``e2e_worker_events_per_s``, ``e2e_per_message_events_per_s`` (medians), ``e2e_speedup_vs_per_message``;
@@ -53,6 +53,7 @@ import pandas as pd
 from bench.e2e_baseline import PerMessageScorer
 from bench.e2e_kafka import GroupProgress, Scratch, encode_events, end_offsets, prefill
 from bench.e2e_latency import Delays, PacedProducer, ScoreReader, quantile_from_buckets
+from bench.e2e_paced import NICE
 from bench.e2e_worker import ROOT, Samples, WorkerDied, WorkerProcess, total, worker_config
 from examples.car_insurance.generate import generate
 from examples.car_insurance.train import train
@@ -152,7 +153,10 @@ class Bench:
         with self.worker(load, topics, group, max_wait_ms, fetch_wait_ms, stand_ins) as worker:
             worker.wait_for("rtml_assigned_partitions", PARTITIONS)
             reader = ScoreReader(s.bootstrap, topics[1], PARTITIONS) if read else None
-            producer = PacedProducer(s.bootstrap, source, self.values, rate, PACED_S)
+            # Not niced when each event's delay is timed from its produce() call: starved, it would skew it.
+            producer = PacedProducer(
+                s.bootstrap, source, self.values, rate, PACED_S, nice=0 if read else NICE
+            )
             try:
                 if reader is not None:
                     reader.start()

@@ -14,7 +14,7 @@ librdkafka (``produce()``); broker, worker and benchmark share this machine's cl
   above plus the producer's linger (``bench.e2e_paced.LINGER_MS``), both broker appends, the worker's
   producer linger (5 ms) and the reader's fetch.
 
-While the load runs, the paced producer (its own niced process, bench/e2e_paced.py) and the reader thread do
+While the load runs, the paced producer (a process of its own, bench/e2e_paced.py) and the reader thread do
 as little as they can (no per-message callbacks, no decoding), so as not to take CPU from the worker on a
 small machine; ``Delays.collect`` joins everything afterwards, reading the input topic back for the append
 times. Blocking; ``RuntimeError`` when a send failed or scores are missing.

@@ -2,10 +2,11 @@
 
 On this benchmark's 2-core machine the load generator shares the cores with the broker and the worker it
 measures; in production producers run elsewhere. So it runs as a separate process (its Python never holds
-the benchmark's GIL), niced (``NICE``: the worker's threads win a contended core), with librdkafka's default
-``linger.ms`` of 5: the broker's CPU here goes with the number of produce requests far more than with the
-number of events (about a third of a core at 200 requests/s, whatever their size), and a 1 ms linger made it
-five times as many.
+the benchmark's GIL), niced by default (``NICE``: the worker's threads win a contended core; not when each
+event is timed from its ``produce()`` call, which a starved producer would delay), with librdkafka's
+default ``linger.ms`` of 5: the broker's CPU here goes with the number of produce requests far more than
+with the number of events (about a third of a core at 200 requests/s, whatever their size), and a 1 ms
+linger made it five times as many.
 
 ``PacedProducer`` is the handle the benchmark holds (``start``, ``join``, ``sent_at``, ``started_at``,
 ``failed``); ``python -m bench.e2e_paced ARGS`` is the process: it loads the event values from a file, says
@@ -39,14 +40,15 @@ class PacedProducer:
     """Produces ``values`` round robin at ``rate`` events per second for ``seconds`` from a child process."""
 
     def __init__(
-        self, bootstrap: str, topic: str, values: Sequence[bytes], rate: float, seconds: float
+        self, bootstrap: str, topic: str, values: Sequence[bytes], rate: float, seconds: float,
+        *, nice: int = NICE,
     ) -> None:  # fmt: skip
         self._dir = tempfile.TemporaryDirectory(prefix="rtml-paced-")
         root = Path(self._dir.name)
         lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
         (root / "values.bin").write_bytes(b"".join(values))
         np.save(root / "lengths.npy", lengths)
-        self._args = [bootstrap, topic, str(root), repr(float(rate)), repr(float(seconds))]
+        self._args = [bootstrap, topic, str(root), repr(float(rate)), repr(float(seconds)), str(nice)]
         self._process: subprocess.Popen[str] | None = None
         self.sent_at: list[float] = []  # wall clock of each produce() call, by send number
         self.started_at = 0.0
@@ -81,8 +83,8 @@ class PacedProducer:
         self._dir.cleanup()
 
 
-def main(bootstrap: str, topic: str, root: str, rate: float, seconds: float) -> None:
-    os.nice(NICE)
+def main(bootstrap: str, topic: str, root: str, rate: float, seconds: float, nice: int) -> None:
+    os.nice(nice)
     lengths = np.load(Path(root) / "lengths.npy")
     data = (Path(root) / "values.bin").read_bytes()
     ends = np.cumsum(lengths).tolist()
@@ -115,4 +117,4 @@ def main(bootstrap: str, topic: str, root: str, rate: float, seconds: float) -> 
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]))
+    main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]))
