@@ -18,8 +18,8 @@ and subject it creates is deleted at the end, every worker process it starts is 
    rate for ``PACED_S`` seconds (the first ``WARM_UP_S`` not counted): half capacity with the default
    batching (natural batching: ``batch.max_wait_ms = 0``), and half capacity with librdkafka's
    ``fetch.wait.max.ms = 5``. The paced producer is a process of its own (bench/e2e_paced.py; niced
-   unless the scores are read back), the score reader a thread of this one, on the same cores as the
-   broker and the worker: the delays are defined in bench/e2e_latency.py.
+   unless the scores are read back), the score reader another (bench/e2e_reader.py), on the same cores as
+   the broker and the worker: the delays are defined in bench/e2e_latency.py.
 
 Figures:
 - ``e2e_worker_events_per_s``, ``e2e_per_message_events_per_s`` (medians), ``e2e_speedup_vs_per_message``;
@@ -30,7 +30,10 @@ Figures:
   batch), interpolated inside fine buckets; the worker's share of the latency;
   ``p50_/p99_append_to_score_ms_at_L``: broker append of the event -> its score handed to the worker's
   producer (adds the fetch hop and librdkafka's queue to the above; whole milliseconds);
-  ``p50_/p99_end_to_end_ms_at_L``: the paced producer's ``produce()`` -> the score read back;
+  ``p50_/p99_end_to_end_ms_at_L``: the paced producer's ``produce()`` -> the score read back, in three
+  parts: ``produce_to_append`` (the load generator's linger and the broker's append of the event),
+  ``append_to_score`` (above) and ``score_to_read`` (the worker's producer linger, the broker's append of
+  the score, the reader's fetch; whole milliseconds on the score side);
   ``p99_worker_histogram_ms_at_L``: the worker's ``rtml_end_to_end_seconds`` (broker append -> produce,
   coarse buckets), a cross-check of the append-to-score figure;
   ``L_batches_per_s``, ``L_mean_batch_size``, ``L_mean_batch_ms`` (from the worker's batch histograms) and
@@ -52,8 +55,9 @@ import pandas as pd
 
 from bench.e2e_baseline import PerMessageScorer
 from bench.e2e_kafka import GroupProgress, Scratch, encode_events, end_offsets, prefill
-from bench.e2e_latency import Delays, PacedProducer, ScoreReader, quantile_from_buckets
+from bench.e2e_latency import Delays, PacedProducer, quantile_from_buckets
 from bench.e2e_paced import NICE
+from bench.e2e_reader import ScoreReader
 from bench.e2e_worker import ROOT, Samples, WorkerDied, WorkerProcess, total, worker_config
 from examples.car_insurance.generate import generate
 from examples.car_insurance.train import train
@@ -69,8 +73,8 @@ DEFAULT_MAX_WAIT_MS = 0  # the worker's default batch.max_wait_ms: natural batch
 # whether the scores are read back for the end-to-end figures).
 # "fetch5": a short broker-side fetch wait (librdkafka's 500 ms default put the fetch hop's p99 near
 # 10 ms here).
-# At half capacity nothing reads the scores back: a reader thread in this process would take the CPU the
-# worker needs on two cores, so those figures come from the worker's own histograms.
+# At half capacity nothing reads the scores back: a reader would take the CPU the worker needs on two
+# cores, so those figures come from the worker's own histograms.
 PACED_LOADS: tuple[tuple[str, float, int, int | None, bool], ...] = (
     ("half_capacity", 0.5, DEFAULT_MAX_WAIT_MS, None, False),
     ("half_capacity_fetch5", 0.5, DEFAULT_MAX_WAIT_MS, 5, False),
@@ -169,7 +173,8 @@ class Bench:
                 )
                 producer.join()
                 if reader is not None:
-                    _wait_scores(reader, len(producer.sent_at), worker)
+                    reader.finish(len(producer.sent_at), DRAIN_TIMEOUT_S)  # every score read, or the deadline
+                    worker.check_alive()
                 else:
                     worker.wait_for("rtml_events_out_total", len(producer.sent_at), timeout_s=DRAIN_TIMEOUT_S)
                 after, cpu_after, wall_after = (
@@ -177,10 +182,10 @@ class Bench:
                     _main_thread_cpu_s(worker.pid),
                     time.monotonic(),
                 )
-            finally:
+            except BaseException:
                 if reader is not None:
-                    reader.stopping.set()
-                    reader.join(DRAIN_TIMEOUT_S)
+                    reader.stop()
+                raise
         sent = int(np.count_nonzero(np.asarray(producer.sent_at) >= producer.started_at + WARM_UP_S))
         figures: dict[str, float] = {
             f"{load}_events_per_s": round(sent / (PACED_S - WARM_UP_S)),  # achieved, not asked
@@ -190,14 +195,16 @@ class Bench:
             delays = Delays.collect(
                 producer, reader, s.bootstrap, source, after=producer.started_at + WARM_UP_S
             )
-            append_to_score = np.percentile(delays.append_to_score_ms, [50, 99])
-            end_to_end = np.percentile(delays.end_to_end_ms, [50, 99])
-            figures |= {
-                f"p50_append_to_score_ms_at_{load}": round(float(append_to_score[0]), 2),
-                f"p99_append_to_score_ms_at_{load}": round(float(append_to_score[1]), 2),
-                f"p50_end_to_end_ms_at_{load}": round(float(end_to_end[0]), 2),
-                f"p99_end_to_end_ms_at_{load}": round(float(end_to_end[1]), 2),
+            parts = {
+                "produce_to_append": delays.produce_to_append_ms,
+                "append_to_score": delays.append_to_score_ms,
+                "score_to_read": delays.score_to_read_ms,
+                "end_to_end": delays.end_to_end_ms,
             }
+            for part, ms in parts.items():
+                p50, p99 = np.percentile(ms, [50, 99])
+                figures[f"p50_{part}_ms_at_{load}"] = round(float(p50), 2)
+                figures[f"p99_{part}_ms_at_{load}"] = round(float(p99), 2)
         figures |= _batching(before, after, load, wall_after - wall_before)
         if cpu_before is not None and cpu_after is not None:
             busy = (cpu_after - cpu_before) / (wall_after - wall_before)
@@ -245,13 +252,6 @@ def _check_scored(samples: Samples, events: int, worker: WorkerProcess) -> None:
     out, dead = total(samples, "rtml_events_out_total"), total(samples, "rtml_dead_lettered_total")
     if out < events or dead:
         raise WorkerDied(f"{out:.0f} scores and {dead:.0f} dead letters for {events} events\n{worker.tail()}")
-
-
-def _wait_scores(reader: ScoreReader, sent: int, worker: WorkerProcess) -> None:
-    deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while reader.count < sent and time.monotonic() < deadline:
-        worker.check_alive()
-        time.sleep(0.05)
 
 
 def _batching(before: Samples, after: Samples, load: str, seconds: float) -> dict[str, float]:

@@ -14,25 +14,24 @@ librdkafka (``produce()``); broker, worker and benchmark share this machine's cl
   above plus the producer's linger (``bench.e2e_paced.LINGER_MS``), both broker appends, the worker's
   producer linger (5 ms) and the reader's fetch.
 
-While the load runs, the paced producer (a process of its own, bench/e2e_paced.py) and the reader thread do
-as little as they can (no per-message callbacks, no decoding), so as not to take CPU from the worker on a
-small machine; ``Delays.collect`` joins everything afterwards, reading the input topic back for the append
-times. Blocking; ``RuntimeError`` when a send failed or scores are missing.
+While the load runs, the paced producer (bench/e2e_paced.py) and the score reader (bench/e2e_reader.py),
+each a process of its own, do as little as they can (no per-message callbacks, no decoding), so as not to
+take CPU from the worker on a small machine; ``Delays.collect`` joins everything afterwards, reading the
+input topic back for the append times. Blocking; ``RuntimeError`` when a send failed or scores are missing.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from bench.e2e_paced import PacedProducer
+from bench.e2e_reader import ScoreReader
 
 READ_TIMEOUT_S = 30.0
 
@@ -42,36 +41,13 @@ def _consumer(bootstrap: str) -> Consumer:
                      "fetch.wait.max.ms": 10})  # fmt: skip
 
 
-class ScoreReader(threading.Thread):
-    """Keeps every score of ``topic`` from the beginning (assigned, no group join) with its arrival time."""
-
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
-        super().__init__(name="score-reader", daemon=True)
-        self.consumer = _consumer(bootstrap)
-        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-        self.batches: list[tuple[float, list[Message]]] = []
-        self.count = 0
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self.stopping.is_set():
-                # poll returns on the first message; a blocking consume(n, t) would hold it back up to t.
-                first = self.consumer.poll(0.05)
-                if first is None:
-                    continue
-                messages = [first, *self.consumer.consume(999, 0)]
-                self.batches.append((time.time(), messages))
-                self.count += len(messages)
-        finally:
-            self.consumer.close()
-
-
 @dataclass(frozen=True)
 class Delays:
     """Per-event delays in milliseconds of the events sent after the warm-up."""
 
-    append_to_score_ms: npt.NDArray[np.float64]
+    produce_to_append_ms: npt.NDArray[np.float64]  # the load generator and the broker's append
+    append_to_score_ms: npt.NDArray[np.float64]  # the worker, from the fetch hop to produce()
+    score_to_read_ms: npt.NDArray[np.float64]  # the worker's producer, the broker and the reader
     end_to_end_ms: npt.NDArray[np.float64]
     events: int
 
@@ -84,22 +60,17 @@ class Delays:
             raise RuntimeError(f"paced producer: {len(producer.failed)} failed, e.g. {producer.failed[0]}")
         appended = _append_times(bootstrap, source)
         sent_at = np.asarray(producer.sent_at)
-        append_to_score, end_to_end = [], []
-        for arrived, messages in reader.batches:
-            for message in messages:
-                send = int(message.key())  # type: ignore[arg-type]
-                if sent_at[send] < after:
-                    continue
-                lineage: dict[str, Any] = dict(message.headers() or ())
-                source_ms = appended[int(lineage["rtml.source.partition"])][
-                    int(lineage["rtml.source.offset"])
-                ]
-                append_to_score.append(message.timestamp()[1] - source_ms)
-                end_to_end.append((arrived - sent_at[send]) * 1000)
+        scores = reader.scores
+        send = scores[:, 0].astype(np.int64)
+        kept = sent_at[send] >= after
+        send, scores = send[kept], scores[kept]
+        source_ms = np.array([appended[int(p)][int(o)] for p, o in scores[:, 1:3].tolist()], dtype=np.float64)
+        scored_ms, arrived_ms = scores[:, 3], scores[:, 4] * 1000
         wanted = int(np.count_nonzero(sent_at >= after))
-        if len(append_to_score) != wanted:
-            raise RuntimeError(f"{len(append_to_score)} scores for {wanted} events sent after the warm-up")
-        return cls(np.asarray(append_to_score, np.float64), np.asarray(end_to_end, np.float64), wanted)
+        if len(send) != wanted:
+            raise RuntimeError(f"{len(send)} scores for {wanted} events sent after the warm-up")
+        return cls(source_ms - sent_at[send] * 1000, scored_ms - source_ms, arrived_ms - scored_ms,
+                   arrived_ms - sent_at[send] * 1000, wanted)  # fmt: skip
 
 
 def _append_times(bootstrap: str, topic: str) -> list[npt.NDArray[np.int64]]:
