@@ -10,15 +10,17 @@ uses it to measure how low the worker's latency could go if those stages cost no
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from worker.avro.decoder import BatchDecoder
-from worker.columns import Batch, StageResult
+from worker.columns import StageResult
 from worker.graph.runner import CompiledGraph
 
 STAGES = ("decode", "graph")
+Stage = Callable[..., StageResult[Any]]
 
 
 def _replay(first: StageResult[Any], n: int) -> StageResult[Any]:
@@ -27,36 +29,19 @@ def _replay(first: StageResult[Any], n: int) -> StageResult[Any]:
     return StageResult({name: column[at] for name, column in first.columns.items()}, rows, {})
 
 
-def _stand_in_decode() -> None:
-    real = BatchDecoder.decode
+def _replaying(real: Stage, rows_of: Callable[[Any], int]) -> Stage:
+    """``real`` until it gives a clean, non-empty output; that output replayed from then on."""
     seen: list[StageResult[Any]] = []
 
-    def decode(self: BatchDecoder, values: Any, **where: Any) -> StageResult[Any]:
-        if not seen:
-            got = real(self, values, **where)
-            if got.errors or not len(got.rows):
-                return got
+    def stage(self: Any, data: Any, **kw: Any) -> StageResult[Any]:
+        if seen:
+            return _replay(seen[0], rows_of(data))
+        got = real(self, data, **kw)
+        if not got.errors and len(got.rows):
             seen.append(got)
-            return got
-        return _replay(seen[0], len(values))
+        return got
 
-    BatchDecoder.decode = decode  # type: ignore[method-assign]
-
-
-def _stand_in_graph() -> None:
-    real = CompiledGraph.run
-    seen: list[StageResult[Any]] = []
-
-    def run(self: CompiledGraph, batch: Batch, **kw: Any) -> StageResult[Any]:
-        if not seen:
-            got = real(self, batch, **kw)
-            if got.errors or not len(got.rows):
-                return got
-            seen.append(got)
-            return got
-        return _replay(seen[0], len(next(iter(batch.values()))))
-
-    CompiledGraph.run = run  # type: ignore[method-assign]
+    return stage
 
 
 def main(argv: list[str]) -> int:
@@ -65,9 +50,9 @@ def main(argv: list[str]) -> int:
     if unknown:
         raise SystemExit(f"unknown stages {sorted(unknown)}; known: {', '.join(STAGES)}")
     if "decode" in stages:
-        _stand_in_decode()
+        BatchDecoder.decode = _replaying(BatchDecoder.decode, len)  # type: ignore[method-assign]
     if "graph" in stages:
-        _stand_in_graph()
+        CompiledGraph.run = _replaying(CompiledGraph.run, lambda batch: len(next(iter(batch.values()))))  # type: ignore[method-assign]
     from worker.cli import main as worker_main
 
     return worker_main(argv[1:])
