@@ -19,7 +19,7 @@ import numpy.typing as npt
 from worker.columns import Batch, StageResult, batch_len
 from worker.errors import GraphError, ScoringError
 from worker.graph.dsl import GraphSpec, InputField, OutputField
-from worker.graph.plan import Applied, Kernel, NodeInfo
+from worker.graph.plan import Kernel, NodeInfo
 from worker.graph.types import BoolArray, ColType, physical
 
 Key = tuple[str, str]  # (producer node id, or "" for a graph input; column name)
@@ -95,16 +95,8 @@ class CompiledGraph:
             produced: Batch = {}
             if n:
                 inputs = {name: store[slot] for name, slot in reads}
-                reasons: dict[int, str] | None = None
-                try:
-                    result = step.kernel(inputs)
-                except Exception as exc:
-                    keep, produced, reasons, model_id = _raised(step, inputs, n, exc)
-                else:
-                    produced = result.columns
-                    if result.rejected:
-                        keep, reasons, model_id = _rejections(result, n)
-                if reasons:
+                keep, produced, reasons, model_id = _apply_step(step, inputs, n)
+                if reasons and keep is not None:
                     for pos, reason in reasons.items():
                         errors[int(rows[pos])] = ScoringError(
                             reason, node_id=step.node_id, model_id=model_id or step.model_id
@@ -195,48 +187,37 @@ def _convert(column: npt.NDArray[Any], convert: Convert) -> npt.NDArray[Any]:
     return column
 
 
-Outcome = tuple[BoolArray, Batch, dict[int, str], str | None]
+Outcome = tuple[BoolArray | None, Batch, dict[int, str], str | None]
 
 
 def _apply_step(step: Step, inputs: Batch, n: int) -> Outcome:
-    """Run one kernel over ``n`` rows: (kept mask, produced columns of kept rows, reason per rejected
-    position, model id). Bisects when the kernel raises."""
-    if n == 0:
-        return np.ones(0, dtype=np.bool_), {}, {}, None
+    """Run one kernel over ``n`` (> 0) rows: (kept mask, None when every row is kept; produced columns of
+    kept rows; reason per rejected position; model id). Bisects when the kernel raises."""
     try:
         result = step.kernel(inputs)
     except Exception as exc:
-        return _raised(step, inputs, n, exc)
-    if not result.rejected:
-        return np.ones(n, dtype=np.bool_), result.columns, {}, result.model_id
-    keep, reasons, model_id = _rejections(result, n)
-    return keep, result.columns, reasons, model_id
-
-
-def _raised(step: Step, inputs: Batch, n: int, exc: Exception) -> Outcome:
-    """The outcome of a kernel that raised ``exc`` on ``n`` rows: the row's error, or bisect."""
-    if n == 1:
-        return np.zeros(1, dtype=np.bool_), {}, {0: f"{type(exc).__name__}: {exc}"}, None
-    return _bisect(step, inputs, n)
-
-
-def _rejections(result: Applied, n: int) -> tuple[BoolArray, dict[int, str], str | None]:
-    """The kept mask and the reason per rejected position of ``result``."""
+        if n == 1:
+            return np.zeros(1, dtype=np.bool_), {}, {0: f"{type(exc).__name__}: {exc}"}, None
+        return _bisect(step, inputs, n)
+    if not result.rejected:  # the common case: no mask, no reasons
+        return None, result.columns, {}, result.model_id
     keep = np.ones(n, dtype=np.bool_)
     reasons: dict[int, str] = {}
     for rejection in reversed(result.rejected):  # the first rejection's reason wins
         keep &= ~rejection.mask
         for pos in np.flatnonzero(rejection.mask).tolist():
             reasons[pos] = rejection.reason
-    return keep, reasons, result.model_id
+    return keep, result.columns, reasons, result.model_id
 
 
 def _bisect(step: Step, inputs: Batch, n: int) -> Outcome:
     half = n // 2
     left = _apply_step(step, {k: c[:half] for k, c in inputs.items()}, half)
     right = _apply_step(step, {k: c[half:] for k, c in inputs.items()}, n - half)
-    keep = np.concatenate([left[0], right[0]])
-    parts = [side[1] for side in (left, right) if side[0].any()]
+    keeps = [np.ones(size, dtype=np.bool_) if side[0] is None else side[0]
+             for side, size in ((left, half), (right, n - half))]  # fmt: skip
+    keep = np.concatenate(keeps)
+    parts = [side[1] for side, kept in zip((left, right), keeps, strict=True) if kept.any()]
     names = {name for part in parts for name in part}
     produced = {name: np.concatenate([part[name] for part in parts]) for name in names}
     reasons = {**left[2], **{pos + half: reason for pos, reason in right[2].items()}}
