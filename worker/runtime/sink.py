@@ -54,12 +54,13 @@ class Sink:
         on_delivery = in_flight.on_delivery if in_flight is not None else None
         topic = self.settings.output.topic
         by_source = self.settings.output.partitioning == "source"
-        out_parts = (meta.partitions[result.score_rows] % self.output_partitions()).tolist()
+        source_parts = meta.partitions[result.score_rows]
+        out_parts = (source_parts % self.output_partitions()).tolist()
         reports = self._report_on(out_parts, on_delivery, by_source)
         if in_flight is not None:
             in_flight.outstanding += sum(r is not None for r in reports) + len(result.errors)
         rows = result.score_rows.tolist()
-        parts = meta.partitions[result.score_rows].tolist()
+        parts = source_parts.tolist()
         offsets = meta.offsets[result.score_rows].tolist()
         keys, values, topics = meta.keys, meta.values, meta.topics
         source = {(t, p): headers.source(t, p) for t, p in meta.commit_points}
