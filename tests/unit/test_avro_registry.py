@@ -121,6 +121,19 @@ def test_an_unknown_id_is_remembered_for_the_ttl_then_asked_again(stub: tuple[St
     assert len(state.seen) == 3
 
 
+def test_the_unknown_ids_remembered_are_bounded_oldest_first(
+    stub: tuple[Stub, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, url = stub
+    monkeypatch.setattr("worker.avro.registry.MAX_MISSING", 2)
+    state.queue = [(404, {"error_code": 40403, "message": "Schema not found"})] * 4
+    registry = client(url)[0]
+    for schema_id in (1, 2, 3, 1):  # 3 pushes 1 out: 1 is asked again
+        with pytest.raises(SchemaNotFound):
+            registry.schema_by_id(schema_id)
+    assert [path for _, path, _ in state.seen] == [f"/api/schemas/ids/{i}" for i in (1, 2, 3, 1)]
+
+
 def test_refused_registration_is_a_config_error(stub: tuple[Stub, str]) -> None:
     state, url = stub
     state.queue = [(409, {"error_code": 409, "message": "incompatible"})]

@@ -25,6 +25,7 @@ from worker.avro.schema import AvroSchema, SchemaParseError
 from worker.errors import ConfigError, RegistryUnavailable
 
 _CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+MAX_MISSING = 10_000  # unknown ids remembered at once
 
 
 class RegistryConfig(BaseModel):
@@ -88,6 +89,8 @@ class SchemaRegistryClient:
         except SchemaNotFound as exc:
             with self._lock:
                 self._missing[schema_id] = (self._clock() + self.config.not_found_ttl_s, str(exc))
+                if len(self._missing) > MAX_MISSING:  # hostile ids must not grow it without bound
+                    del self._missing[next(iter(self._missing))]  # the oldest
             raise
         with self._lock:
             self._by_id[schema_id] = schema
