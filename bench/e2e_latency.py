@@ -28,17 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from bench.e2e_paced import PacedProducer
-from bench.e2e_reader import ScoreReader
+from bench.e2e_reader import ScoreReader, reader_consumer
 
 READ_TIMEOUT_S = 30.0
-
-
-def _consumer(bootstrap: str) -> Consumer:
-    return Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-reader", "enable.auto.commit": False,
-                     "fetch.wait.max.ms": 10})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -75,7 +70,7 @@ class Delays:
 
 def _append_times(bootstrap: str, topic: str) -> list[npt.NDArray[np.int64]]:
     """Per partition, the append time (ms) of each offset, read back from the topic."""
-    consumer = _consumer(bootstrap)
+    consumer = reader_consumer(bootstrap)
     try:
         partitions = sorted(consumer.list_topics(topic, timeout=READ_TIMEOUT_S).topics[topic].partitions)
         ends = [

@@ -67,10 +67,14 @@ class ScoreReader:
         self._dir.cleanup()
 
 
+def reader_consumer(bootstrap: str) -> Consumer:
+    """A consumer that reads topics back (assigned, never committing) with a short broker-side fetch wait."""
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": "e2e-reader", "enable.auto.commit": False,
+                     "fetch.wait.max.ms": 10})  # fmt: skip
+
+
 def main(bootstrap: str, topic: str, partitions: int, root: str) -> None:
-    config = {"bootstrap.servers": bootstrap, "group.id": "e2e-reader", "enable.auto.commit": False,
-              "fetch.wait.max.ms": 10}  # fmt: skip
-    consumer = Consumer(config)
+    consumer = reader_consumer(bootstrap)
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     told: list[str] = []
     listener = threading.Thread(target=lambda: told.append(sys.stdin.readline()), daemon=True)
