@@ -36,10 +36,11 @@ from collections.abc import Callable
 from types import FrameType
 
 import numpy as np
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from worker.errors import FatalError, InfrastructureError, RegistryUnavailable
 from worker.runtime.breaker import CircuitBreaker
+from worker.runtime.clients import ConfluentClients, ConsumerClient, KafkaClients
 from worker.runtime.config import Settings
 from worker.runtime.health import Health
 from worker.runtime.metrics import Metrics
@@ -57,14 +58,22 @@ REGISTRY_BACKOFF_MAX_S = 30.0
 class Worker:
     """Runs one replica of the consumer group until stopped; ``run`` returns the process exit code."""
 
-    def __init__(self, settings: Settings, pipeline: Pipeline, metrics: Metrics, health: Health) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        health: Health,
+        clients: KafkaClients | None = None,
+    ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.metrics = metrics
         self.health = health
         self.exactly_once = settings.delivery == "exactly-once"
-        self.consumer = Consumer(self._consumer_config())
-        self.producer = Producer({**settings.producer_config(), "error_cb": self._on_producer_error})
+        clients = clients or ConfluentClients()
+        self.consumer = clients.consumer(self._consumer_config())
+        self.producer = clients.producer({**settings.producer_config(), "error_cb": self._on_producer_error})
         self._producer_fatal: str | None = None
         self.sink = Sink(settings, self.producer, metrics, pipeline.graph)
         self.tracker = CommitTracker()
@@ -339,7 +348,7 @@ class Worker:
 
     # --- rebalances -------------------------------------------------------------------------------------
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: ConsumerClient, partitions: list[TopicPartition]) -> None:
         self.assigned.update((tp.topic, tp.partition) for tp in partitions)
         self.metrics.rebalance("assign", len(partitions))
         self._publish_assignment()
@@ -347,7 +356,7 @@ class Worker:
             consumer.pause(partitions)
         log.info("partitions assigned", extra={"partitions": _names(partitions)})
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, consumer: ConsumerClient, partitions: list[TopicPartition]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         self._drop_pending(revoked)
         if not self.exactly_once and not self.breaker.open and not self.failed:
@@ -361,7 +370,7 @@ class Worker:
         self._publish_assignment()
         log.info("partitions revoked", extra={"partitions": _names(partitions)})
 
-    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_lost(self, _consumer: ConsumerClient, partitions: list[TopicPartition]) -> None:
         lost = {(tp.topic, tp.partition) for tp in partitions}
         self._drop_pending(lost)
         self._forget(lost)

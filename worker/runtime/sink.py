@@ -12,11 +12,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 
-from confluent_kafka import Message, Producer
+from confluent_kafka import Message
 
 from worker.errors import FatalError, RecordError, Stage
 from worker.graph import CompiledGraph
 from worker.runtime import headers
+from worker.runtime.clients import ProducerClient
 from worker.runtime.config import Settings
 from worker.runtime.metrics import Metrics
 from worker.runtime.pipeline import Meta, Processed
@@ -29,7 +30,7 @@ class Sink:
     """Produces a batch's outputs with the loop's producer; owns the lineage headers of the graph in use."""
 
     def __init__(
-        self, settings: Settings, producer: Producer, metrics: Metrics, graph: CompiledGraph
+        self, settings: Settings, producer: ProducerClient, metrics: Metrics, graph: CompiledGraph
     ) -> None:
         self.settings = settings
         self.producer = producer
@@ -76,7 +77,7 @@ class Sink:
             result.score_values, rows, all_headers, targets, reports, strict=True
         ):
             try:
-                produce(topic, value, keys[r], partition=partition, headers=hdrs, on_delivery=report)  # type: ignore[arg-type]
+                produce(topic, value, keys[r], partition=partition, headers=hdrs, on_delivery=report)
             except BufferError:  # the local queue is full: serve deliveries, then try again
                 self._send(topic, value, keys[r], partition, hdrs, report)
         self._dead_letter(result.errors, batch, on_delivery)
@@ -135,7 +136,7 @@ class Sink:
                     value,
                     key,
                     partition=partition,
-                    headers=hdrs,  # type: ignore[arg-type]  # the stubs want Optional values
+                    headers=hdrs,
                     on_delivery=on_delivery,
                 )
                 return
