@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from worker.cli import main
-from worker.models import model_id_of, parse_model_id
+from worker.models import ModelStore, model_id_of, parse_model_id
 from worker.models.testing import add_model as make_model
+from worker.models.testing import affine_model
 
 
 def upload(tmp_path: Path, data: bytes, *extra: str) -> int:
@@ -44,6 +45,16 @@ def test_the_store_defaults_to_the_environment(
     assert main(["models", "upload", str(tmp_path / "m.onnx")]) == 0
     model_id = capsys.readouterr().out.strip()
     assert (tmp_path / "env" / f"{parse_model_id(model_id)}.onnx").exists()
+
+
+def test_upload_with_external_data_prints_the_id_of_the_inlined_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = affine_model(tmp_path)
+    assert main(["models", "upload", str(source), "--models", str(tmp_path / "store")]) == 0
+    model_id = capsys.readouterr().out.strip()
+    assert model_id != model_id_of(source.read_bytes())
+    assert model_id_of(ModelStore(tmp_path / "store").load(model_id)) == model_id
 
 
 def test_a_custom_domain_is_refused_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

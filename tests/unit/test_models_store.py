@@ -7,12 +7,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
 from worker.errors import ModelError
 from worker.models import ModelStore, model_id_of, parse_model_id
+from worker.models import store as store_module
+from worker.models.checks import external_locations
 from worker.models.testing import add_model as make_model
+from worker.models.testing import affine_model
 
 
 def test_upload_is_content_addressed_and_load_returns_the_same_bytes(tmp_path: Path) -> None:
@@ -99,23 +103,111 @@ def test_external_data_outside_the_store_is_refused(tmp_path: Path, location: st
         ModelStore(tmp_path / "store").put(data, name="ext", source_dir=source)
 
 
-def test_external_data_is_stored_verified_and_inlined(tmp_path: Path) -> None:
-    source = tmp_path / "src"
-    source.mkdir()
-    data = make_model(external="weights.bin", folder=source)
-    (source / "model.onnx").write_bytes(data)
-    store = ModelStore(tmp_path / "store")
-    info = store.upload(source / "model.onnx")
-    assert [entry["location"] for entry in info.external_data] == ["weights.bin"]
-    loaded = store.load(info.model_id)
-    session = ort.InferenceSession(loaded, providers=["CPUExecutionProvider"])
-    (y,) = session.run(None, {"x": np.zeros((1, 2), dtype=np.float32)})
-    np.testing.assert_allclose(y, [[1.5, -2.0]])
+def score(model: bytes) -> np.ndarray:
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {"x": np.array([[1.0, 1.0], [0.0, -1.0]], dtype=np.float32)})
+    return np.asarray(y)
 
-    blob = tmp_path / "store" / f"{parse_model_id(info.model_id)}.data" / "weights.bin"
-    blob.write_bytes(b"\x00" * len(blob.read_bytes()))
-    with pytest.raises(ModelError, match=r"external data 'weights\.bin' does not match"):
+
+def test_external_data_is_inlined_at_upload_and_scores_the_same(tmp_path: Path) -> None:
+    source = affine_model(tmp_path)
+    expected = score(onnx.load(str(source)).SerializeToString())  # onnx reads weights.bin itself
+    store = ModelStore(tmp_path / "store")
+    info = store.upload(source)
+    (tmp_path / "weights.bin").unlink()  # the store needs nothing from the source folder any more
+
+    loaded = store.load(info.model_id)
+    assert model_id_of(loaded) == info.model_id  # the id covers every byte the session gets
+    assert info.model_id != model_id_of(source.read_bytes())
+    assert (info.size, info.external_data) == (len(loaded), [])
+    assert not external_locations(onnx.load_from_string(loaded))
+    np.testing.assert_array_equal(score(loaded), expected)
+    digest = parse_model_id(info.model_id)
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [f"{digest}.json", f"{digest}.onnx"]
+
+
+def test_tampered_inlined_weights_fail_the_hash_check(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    info = store.upload(affine_model(tmp_path))
+    path = tmp_path / "store" / f"{parse_model_id(info.model_id)}.onnx"
+    data = path.read_bytes()
+    weight = np.array([1.5, -2.0], dtype=np.float32).tobytes()
+    assert data.count(weight) == 1
+    path.write_bytes(data.replace(weight, np.array([100.0, 100.0], dtype=np.float32).tobytes()))
+    with pytest.raises(ModelError, match="does not match its hash"):
         store.load(info.model_id)
+
+
+def test_a_tensor_reaching_past_its_external_file_is_refused(tmp_path: Path) -> None:
+    source = affine_model(tmp_path)
+    (tmp_path / "weights.bin").write_bytes(b"\x00" * 12)  # the second weight needs bytes 8..16
+    with pytest.raises(ModelError, match=r"tensor 'b' reads bytes 8\.\.16 of 'weights\.bin', which has 12"):
+        ModelStore(tmp_path / "store").upload(source)
+
+
+def test_a_model_over_the_protobuf_limit_once_inlined_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = affine_model(tmp_path)
+    monkeypatch.setattr(store_module, "PROTOBUF_LIMIT", len(source.read_bytes()) + 15)
+    with pytest.raises(ModelError, match="over protobuf's 2 GiB limit"):
+        ModelStore(tmp_path / "store").upload(source)
+    assert not (tmp_path / "store").exists()
+
+
+def legacy_store(tmp_path: Path) -> tuple[ModelStore, str, Path]:
+    """A store as older versions wrote it: stub .onnx, weights in <hex>.data/, their sha256 in the json."""
+    source = affine_model(tmp_path)
+    stub = source.read_bytes()
+    blob = (tmp_path / "weights.bin").read_bytes()
+    root = tmp_path / "store"
+    digest = parse_model_id(model_id_of(stub))
+    (root / f"{digest}.data").mkdir(parents=True)
+    (root / f"{digest}.onnx").write_bytes(stub)
+    (root / f"{digest}.data" / "weights.bin").write_bytes(blob)
+    entry = {"location": "weights.bin", "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
+    info = {
+        "model_id": model_id_of(stub),
+        "name": "legacy",
+        "size": len(stub),
+        "uploaded_at": "2024-01-01T00:00:00+00:00",
+        "opset": {"ai.onnx": 17},
+        "producer": "",
+        "inputs": [],
+        "outputs": [],
+        "external_data": [entry],
+    }
+    (root / f"{digest}.json").write_text(json.dumps(info))
+    return ModelStore(root), model_id_of(stub), root / f"{digest}.data" / "weights.bin"
+
+
+def test_a_legacy_model_with_external_data_is_refused_with_how_to_fix_it(tmp_path: Path) -> None:
+    store, model_id, _ = legacy_store(tmp_path)
+    assert store.info(model_id).external_data  # old metadata stays readable (`models list`)
+    how = r"refers to external data.*Re-upload the original model with `rtml-worker models upload MODEL"
+    with pytest.raises(ModelError, match=how):
+        store.load(model_id)
+
+
+def test_legacy_external_data_swapped_with_its_recorded_hash_is_refused(tmp_path: Path) -> None:
+    store, model_id, blob = legacy_store(tmp_path)
+    evil = np.array([100.0, 100.0, 100.0, 100.0], dtype=np.float32).tobytes()
+    blob.write_bytes(evil)
+    meta = blob.parent.with_suffix(".json")
+    raw = json.loads(meta.read_text())
+    raw["external_data"][0]["sha256"] = hashlib.sha256(evil).hexdigest()
+    meta.write_text(json.dumps(raw))
+    with pytest.raises(ModelError, match="refers to external data"):
+        store.load(model_id)
+
+
+def test_a_legacy_external_data_symlink_out_of_the_store_is_refused(tmp_path: Path) -> None:
+    store, model_id, blob = legacy_store(tmp_path)
+    outside = tmp_path / "secret.bin"
+    blob.rename(outside)
+    blob.symlink_to(outside)
+    with pytest.raises(ModelError, match="refers to external data"):
+        store.load(model_id)
 
 
 def test_an_external_data_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:

@@ -59,14 +59,19 @@ def custom_domains(model: onnx.ModelProto) -> set[str]:
     return domains - STANDARD_DOMAINS
 
 
+def external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Every tensor stored outside the model: initializers, attributes, in subgraphs and functions too."""
+    return [tensor for tensor in _all_tensors(model) if tensor.data_location == onnx.TensorProto.EXTERNAL]
+
+
+def external_entries(tensor: onnx.TensorProto) -> dict[str, str]:
+    """A tensor's ``external_data`` as a dict: ``location`` and, optionally, ``offset`` and ``length``."""
+    return {entry.key: entry.value for entry in tensor.external_data}
+
+
 def external_locations(model: onnx.ModelProto) -> list[str]:
     """The ``location`` of every externally stored tensor, in graph order, without duplicates."""
-    seen: dict[str, None] = {}
-    for tensor in _all_tensors(model):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        entries = {entry.key: entry.value for entry in tensor.external_data}
-        seen.setdefault(entries.get("location", ""), None)
+    seen = {external_entries(tensor).get("location", ""): None for tensor in external_tensors(model)}
     return list(seen)
 
 

@@ -1,8 +1,10 @@
 """``rtml-worker models upload MODEL.onnx`` and ``rtml-worker models list [--json]``.
 
 ``upload`` checks the model, stores it and prints its ``model_id`` alone on stdout (so scripts can capture
-it); ``list`` prints a table or, with ``--json``, one JSON array of the metadata. Errors are ``ModelError``,
-which ``worker.cli.main`` turns into exit code 2.
+it). External data files next to the model are inlined into the stored model, so for such a model the id is
+the sha256 of the self-contained model, not of the ``.onnx`` file. ``list`` prints a table or, with
+``--json``, one JSON array of the metadata. Errors are ``ModelError``, which ``worker.cli.main`` turns into
+exit code 2.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ def register(subparsers: Any) -> None:
     actions = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
 
     upload = actions.add_parser("upload", help="store an ONNX model and print its model_id")
-    upload.add_argument("model", help="path to the .onnx file (external data is read from its folder)")
+    upload.add_argument(
+        "model", help="path to the .onnx file (external data is read from its folder and inlined)"
+    )
     upload.add_argument("--name", help="a name to show in `models list` (default: the file name)")
     upload.add_argument(
         "--allow-custom-domains",

@@ -2,14 +2,23 @@
 
 Layout of the store folder (default ``.models/`` in the working directory, or ``$RTML_MODEL_STORE``)::
 
-    <hex>.onnx          the model's bytes; <hex> is the sha256 of exactly these bytes
+    <hex>.onnx          the model's bytes, self-contained; <hex> is the sha256 of exactly these bytes
     <hex>.json          metadata: name, size, uploaded_at, opset, producer, inputs, outputs, external_data
-    <hex>.data/<loc>    external tensor data, if the model has any, with its sha256 in the metadata
 
 A ``model_id`` is ``"sha256:<64 lowercase hex>"``: the algorithm is part of the id so that it can change
 without ambiguity, and graphs refer to models only by id. Every write goes to a temporary file in the store
 folder and is renamed into place, so a reader never sees half a model; uploading the same bytes twice is a
 no-op that returns the first upload's metadata.
+
+External tensor data (ONNX external data files) is inlined at upload: each file is read once from the
+model's folder, the tensors' bytes are copied into the ModelProto, and only that proto is stored. The id is
+then the sha256 of every byte ONNX Runtime will get, not of the uploaded ``.onnx`` file; a model that would
+reach protobuf's 2 GiB limit once inlined is refused. A model without external data is stored as uploaded,
+so its id is the sha256 of its file. ``load`` reads one file once and returns the bytes it hashed.
+
+Older versions kept external data in ``<hex>.data/``, checked against a sha256 in ``<hex>.json`` that the
+id did not cover; their metadata still lists it under ``external_data``. ``load`` refuses any stored model
+that refers to external data and says to re-upload it (which inlines it, under a new id).
 
 ``ModelStore`` implements the graph's ``ModelLoader`` protocol (``load(model_id) -> bytes``). It is called at
 start (graph compilation), never per event; its methods block on file I/O and raise ``ModelError``.
@@ -28,13 +37,23 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+from google.protobuf.message import EncodeError  # type: ignore[import-untyped]
 
 from worker.errors import ModelError
-from worker.models.checks import check_model, describe, external_locations, parse_model
+from worker.models.checks import (
+    check_model,
+    describe,
+    external_entries,
+    external_locations,
+    external_tensors,
+    parse_model,
+)
 
 MODEL_STORE_ENV = "RTML_MODEL_STORE"
 DEFAULT_STORE_DIR = ".models"
 _MODEL_ID = re.compile(r"^sha256:([0-9a-f]{64})$")
+# The largest message protobuf serializes (and ONNX Runtime parses from bytes): 2 GiB - 1.
+PROTOBUF_LIMIT = 2**31 - 1
 
 
 def default_store_dir() -> Path:
@@ -69,6 +88,7 @@ class ModelInfo:
     producer: str
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
+    # Empty for everything this version stores; lists the files older versions kept in <hex>.data/.
     external_data: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -102,7 +122,7 @@ class ModelStore:
         name: str | None = None,
         allow_custom_domains: bool | None = None,
     ) -> ModelInfo:
-        """Check and store the model file at ``path`` (and its external data, read from its folder)."""
+        """Check and store the model file at ``path``, inlining its external data (read from its folder)."""
         source = Path(path)
         try:
             data = source.read_bytes()
@@ -113,21 +133,22 @@ class ModelStore:
     def put(
         self, data: bytes, *, name: str, source_dir: Path | None = None, allow: bool | None = None
     ) -> ModelInfo:
-        """Check and store a model given as bytes; external data, if any, is read from ``source_dir``."""
+        """Check and store a model given as bytes; external data, if any, is read from ``source_dir``
+        and inlined, so the stored model (and its id) covers it."""
         model = parse_model(data, what=name)
         allowed = self.allow_custom_domains if allow is None else allow
         check_model(model, what=name, allow_custom_domains=allowed)
+        if external_locations(model):
+            data = _inline_external(model, len(data), name=name, source_dir=source_dir)
         model_id = model_id_of(data)
         digest = parse_model_id(model_id)
         if (self.root / f"{digest}.json").exists() and (self.root / f"{digest}.onnx").exists():
             return self.info(model_id)
-        external = self._store_external(model, digest, name=name, source_dir=source_dir)
         info = ModelInfo(
             model_id=model_id,
             name=name,
             size=len(data),
             uploaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            external_data=external,
             **describe(model),
         )
         _atomic_write(self.root / f"{digest}.onnx", data)
@@ -135,10 +156,10 @@ class ModelStore:
         return info
 
     def load(self, model_id: str) -> bytes:
-        """The verified bytes of ``model_id``, with any external data inlined.
+        """The bytes of ``model_id``: one file, read once, whose sha256 is the id.
 
-        Raises ``ModelError`` when the model is missing, its bytes (or external data) do not match the
-        recorded hash, or it fails the upload checks.
+        Raises ``ModelError`` when the model is missing, its bytes do not match the id, it refers to
+        external data (a store written by an older version), or it fails the upload checks.
         """
         digest = parse_model_id(model_id)
         try:
@@ -150,10 +171,16 @@ class ModelStore:
         if model_id_of(data) != model_id:
             raise ModelError(f"model {model_id}: content does not match its hash (corrupted or tampered)")
         model = parse_model(data, what=model_id)
+        if external_locations(model):
+            # Nothing outside this file is covered by the id, so nothing outside it may be loaded.
+            raise ModelError(
+                f"model {model_id} refers to external data, which its id does not cover (a store written "
+                "by an older rtml-worker); it is not loaded. Re-upload the original model with "
+                "`rtml-worker models upload MODEL.onnx`, which inlines the external data under a new "
+                "model id, and point the graph at that id"
+            )
         check_model(model, what=model_id, allow_custom_domains=self.allow_custom_domains)
-        if not external_locations(model):
-            return data
-        return self._inline_external(model, model_id)
+        return data
 
     def info(self, model_id: str) -> ModelInfo:
         """The stored metadata of ``model_id``; ``ModelError`` if missing or unreadable."""
@@ -175,36 +202,57 @@ class ModelStore:
             raise ModelError(f"{what}: unreadable metadata ({exc})") from exc
         return ModelInfo.from_json(raw, what=what)
 
-    def _store_external(
-        self, model: onnx.ModelProto, digest: str, *, name: str, source_dir: Path | None
-    ) -> list[dict[str, Any]]:
-        locations = external_locations(model)
-        if not locations:
-            return []
-        if source_dir is None:
-            raise ModelError(f"{name}: has external data but no folder to read it from")
-        stored: list[dict[str, Any]] = []
-        for location in locations:
-            blob = _read_inside(source_dir, location, what=name)
-            _atomic_write(self.root / f"{digest}.data" / location, blob)
-            stored.append(
-                {"location": location, "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
-            )
-        return stored
 
-    def _inline_external(self, model: onnx.ModelProto, model_id: str) -> bytes:
-        digest = parse_model_id(model_id)
-        base = self.root / f"{digest}.data"
-        recorded = {entry["location"]: entry["sha256"] for entry in self.info(model_id).external_data}
-        for location in external_locations(model):
-            blob = _read_inside(base, location, what=model_id)
-            if hashlib.sha256(blob).hexdigest() != recorded.get(location):
-                raise ModelError(f"model {model_id}: external data {location!r} does not match its hash")
-        try:
-            onnx.external_data_helper.load_external_data_for_model(model, str(base))
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"model {model_id}: cannot load external data ({exc})") from exc
+def _inline_external(model: onnx.ModelProto, size: int, *, name: str, source_dir: Path | None) -> bytes:
+    """Read each external file once, copy every external tensor's bytes into ``model``, serialize it.
+
+    ``size`` is the serialized size of ``model`` before inlining. Plus the tensors' bytes it is the size of
+    the result to within a few bytes per tensor, enough to refuse an oversized model before building it.
+    """
+    if source_dir is None:
+        raise ModelError(f"{name}: has external data but no folder to read it from")
+    blobs = {
+        location: _read_inside(source_dir, location, what=name) for location in external_locations(model)
+    }
+    chunks = [(tensor, _external_bytes(tensor, blobs, what=name)) for tensor in external_tensors(model)]
+    size += sum(len(chunk) for _, chunk in chunks)
+    if size > PROTOBUF_LIMIT:
+        raise _too_big(name, size)
+    for tensor, chunk in chunks:
+        tensor.raw_data = chunk
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+    try:
         return bytes(model.SerializeToString())
+    except EncodeError as exc:  # the estimate was a few bytes short: the same refusal
+        raise _too_big(name, size) from exc
+
+
+def _too_big(name: str, size: int) -> ModelError:
+    return ModelError(
+        f"{name}: with its external data inlined the model takes about {size} bytes, over protobuf's "
+        "2 GiB limit; the model store keeps only self-contained models"
+    )
+
+
+def _external_bytes(tensor: onnx.TensorProto, blobs: dict[str, bytes], *, what: str) -> bytes:
+    """The slice of its file that ``tensor`` names (``offset``, ``length``: the ONNX external data keys)."""
+    entries = external_entries(tensor)
+    location = entries.get("location", "")
+    blob = blobs[location]
+    try:
+        offset = int(entries.get("offset", 0))
+        length = int(entries.get("length", len(blob) - offset))
+    except ValueError as exc:
+        raise ModelError(
+            f"{what}: tensor {tensor.name!r} has an unreadable external offset or length"
+        ) from exc
+    if offset < 0 or length < 0 or offset + length > len(blob):
+        raise ModelError(
+            f"{what}: tensor {tensor.name!r} reads bytes {offset}..{offset + length} of {location!r}, "
+            f"which has {len(blob)}"
+        )
+    return blob[offset : offset + length]
 
 
 def _read_inside(base: Path, location: str, *, what: str) -> bytes:

@@ -42,3 +42,24 @@ def add_model(*, domain: str = "", external: str | None = None, folder: Path | N
                 if entry.key == "location":
                     entry.value = external
     return bytes(model.SerializeToString())
+
+
+def affine_model(folder: Path) -> Path:
+    """``y = x * [2, 3] + [1.5, -2.0]`` saved as ``folder/model.onnx``, both weights in ``weights.bin``.
+
+    Saved the way exporters write large models (``save_as_external_data``, every tensor external), so the
+    second weight sits at a non-zero offset of the shared file. Returns the path of the ``.onnx`` file.
+    """
+    scale = numpy_helper.from_array(np.array([2.0, 3.0], dtype=np.float32), name="a")
+    shift = numpy_helper.from_array(np.array([1.5, -2.0], dtype=np.float32), name="b")
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "a"], ["ax"]), helper.make_node("Add", ["ax", "b"], ["y"])],
+        "affine",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [scale, shift],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = folder / "model.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    return path
