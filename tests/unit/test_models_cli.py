@@ -10,7 +10,7 @@ import pytest
 from worker.cli import main
 from worker.models import ModelStore, model_id_of, parse_model_id
 from worker.models.testing import add_model as make_model
-from worker.models.testing import affine_model
+from worker.models.testing import affine_model, write_legacy_store
 
 
 def upload(tmp_path: Path, data: bytes, *extra: str) -> int:
@@ -55,6 +55,21 @@ def test_upload_with_external_data_prints_the_id_of_the_inlined_model(
     model_id = capsys.readouterr().out.strip()
     assert model_id != model_id_of(source.read_bytes())
     assert model_id_of(ModelStore(tmp_path / "store").load(model_id)) == model_id
+
+
+def test_list_warns_about_models_stored_with_external_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    legacy = write_legacy_store(tmp_path, tmp_path / "store")
+    assert upload(tmp_path, make_model()) == 0
+    capsys.readouterr()
+    assert main(["models", "list", "--models", str(tmp_path / "store")]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 3  # the table is unchanged: header and both models
+    assert err.splitlines() == [
+        f"warning: {legacy} keeps external data its id does not cover and will be refused at load;"
+        " re-upload its original with `rtml-worker models upload MODEL.onnx`"
+    ]
 
 
 def test_a_custom_domain_is_refused_with_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

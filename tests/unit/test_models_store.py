@@ -16,7 +16,7 @@ from worker.models import ModelStore, model_id_of, parse_model_id
 from worker.models import store as store_module
 from worker.models.checks import external_locations
 from worker.models.testing import add_model as make_model
-from worker.models.testing import affine_model
+from worker.models.testing import affine_model, write_legacy_store
 
 
 def test_upload_is_content_addressed_and_load_returns_the_same_bytes(tmp_path: Path) -> None:
@@ -156,29 +156,9 @@ def test_a_model_over_the_protobuf_limit_once_inlined_is_refused(
 
 
 def legacy_store(tmp_path: Path) -> tuple[ModelStore, str, Path]:
-    """A store as older versions wrote it: stub .onnx, weights in <hex>.data/, their sha256 in the json."""
-    source = affine_model(tmp_path)
-    stub = source.read_bytes()
-    blob = (tmp_path / "weights.bin").read_bytes()
-    root = tmp_path / "store"
-    digest = parse_model_id(model_id_of(stub))
-    (root / f"{digest}.data").mkdir(parents=True)
-    (root / f"{digest}.onnx").write_bytes(stub)
-    (root / f"{digest}.data" / "weights.bin").write_bytes(blob)
-    entry = {"location": "weights.bin", "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
-    info = {
-        "model_id": model_id_of(stub),
-        "name": "legacy",
-        "size": len(stub),
-        "uploaded_at": "2024-01-01T00:00:00+00:00",
-        "opset": {"ai.onnx": 17},
-        "producer": "",
-        "inputs": [],
-        "outputs": [],
-        "external_data": [entry],
-    }
-    (root / f"{digest}.json").write_text(json.dumps(info))
-    return ModelStore(root), model_id_of(stub), root / f"{digest}.data" / "weights.bin"
+    model_id = write_legacy_store(tmp_path, tmp_path / "store")
+    blob = tmp_path / "store" / f"{parse_model_id(model_id)}.data" / "weights.bin"
+    return ModelStore(tmp_path / "store"), model_id, blob
 
 
 def test_a_legacy_model_with_external_data_is_refused_with_how_to_fix_it(tmp_path: Path) -> None:

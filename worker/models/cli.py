@@ -3,7 +3,8 @@
 ``upload`` checks the model, stores it and prints its ``model_id`` alone on stdout (so scripts can capture
 it). External data files next to the model are inlined into the stored model, so for such a model the id is
 the sha256 of the self-contained model, not of the ``.onnx`` file. ``list`` prints a table or, with
-``--json``, one JSON array of the metadata. Errors are ``ModelError``, which ``worker.cli.main`` turns into
+``--json``, one JSON array of the metadata, and warns on stderr about each model stored with external data
+by an older version (``load`` refuses those). Errors are ``ModelError``, which ``worker.cli.main`` turns into
 exit code 2.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from worker.models.store import MODEL_STORE_ENV, ModelInfo, ModelStore
@@ -60,6 +62,13 @@ def _list(args: argparse.Namespace) -> int:
         print(json.dumps([info.to_json() for info in infos], indent=2))
     else:
         print(format_table(infos))
+    for info in infos:
+        if info.external_data:  # stdout stays parseable; the warning goes beside it
+            print(
+                f"warning: {info.model_id} keeps external data its id does not cover and will be refused "
+                "at load; re-upload its original with `rtml-worker models upload MODEL.onnx`",
+                file=sys.stderr,
+            )
     return 0
 
 

@@ -5,6 +5,8 @@ Built with ``onnx.helper`` in memory, so tests need neither training nor files f
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +65,32 @@ def affine_model(folder: Path) -> Path:
     path = folder / "model.onnx"
     onnx.save_model(model, str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
     return path
+
+
+def write_legacy_store(folder: Path, root: Path) -> str:
+    """Lay out ``root`` as versions before inlining stored :func:`affine_model`; return its model id.
+
+    That is the ``.onnx`` stub (whose sha256 was the id), its weights in ``<hex>.data/weights.bin`` and
+    their sha256 in the ``external_data`` of ``<hex>.json``. The model's source files go into ``folder``.
+    """
+    stub = affine_model(folder).read_bytes()
+    blob = (folder / "weights.bin").read_bytes()
+    digest = hashlib.sha256(stub).hexdigest()
+    (root / f"{digest}.data").mkdir(parents=True)
+    (root / f"{digest}.onnx").write_bytes(stub)
+    (root / f"{digest}.data" / "weights.bin").write_bytes(blob)
+    info = {
+        "model_id": f"sha256:{digest}",
+        "name": "legacy",
+        "size": len(stub),
+        "uploaded_at": "2024-01-01T00:00:00+00:00",
+        "opset": {"ai.onnx": 17},
+        "producer": "",
+        "inputs": [],
+        "outputs": [],
+        "external_data": [
+            {"location": "weights.bin", "sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
+        ],
+    }
+    (root / f"{digest}.json").write_text(json.dumps(info, indent=2) + "\n")
+    return f"sha256:{digest}"
