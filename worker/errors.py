@@ -11,6 +11,7 @@
     └── InfrastructureError    broker, registry, model store: retry with backoff or stop; never dead-letter
         ├── RegistryUnavailable
         └── FatalError         the worker cannot go on safely: it stops, exits non-zero, commits nothing more
+            └── NodeFailed     a graph node raised a bug or a runtime failure, not a bad row (node id)
 
 Record errors carry where the event came from and its raw bytes, so the dead-letter path never has to find
 the message again. Third-party exceptions are translated into this tree at exactly one place per boundary.
@@ -108,3 +109,17 @@ class RegistryUnavailable(InfrastructureError):
 
 class FatalError(InfrastructureError):
     """The worker cannot go on safely (an output not delivered, a fenced producer): exit non-zero."""
+
+
+class NodeFailed(FatalError):
+    """A graph node raised something that is not a bad row: a bug in a kernel (KeyError, TypeError, ...),
+    a MemoryError, or a runtime failure (ONNX Runtime's Fail, say). Retrying or dead-lettering the batch's
+    records would hide it, so the worker stops on it; ``__cause__`` is the exception the kernel raised."""
+
+    def __init__(self, node_id: str, cause: BaseException, *, model_id: str | None = None) -> None:
+        self.node_id = node_id
+        self.model_id = model_id
+        super().__init__(
+            f"node {node_id!r} failed: {type(cause).__name__}: {cause} "
+            "(a bug or a runtime failure, not a bad record)"
+        )

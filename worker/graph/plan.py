@@ -4,8 +4,17 @@ At compile time each node kind turns its params and the columns it can see into 
 columns its kernel reads, the columns it produces (new or changed, with their types), the columns it removes,
 and the ``kernel``. At run time the runner calls ``kernel(batch)`` once per batch with only the ``reads``
 columns; the kernel returns an ``Applied``: the produced columns for the rows it kept, and the rows it
-rejected with a reason. A kernel never drops a row silently, and it may raise on the whole batch: the runner
-then isolates the bad rows by bisecting (see worker/graph/runner.py).
+rejected with a reason. A kernel never drops a row silently.
+
+Bad rows are reported through ``Rejection`` masks: a kernel checks what it can per batch (nulls, non-finite
+values, unparseable strings, out-of-range numbers) and rejects those rows. Where a vectorised call refuses a
+whole batch because of some value in it, the kernel may raise a *row fault* (``is_row_fault``: a ValueError or
+an ArithmeticError, e.g. a parser refusing a string, or ONNX Runtime refusing a value while running the model,
+which worker/graph/onnx_runtime.py translates into ``InferenceRejected``); the runner then isolates the rows
+that make it raise by bisecting. Anything else a kernel raises (KeyError, TypeError, AttributeError,
+IndexError, AssertionError, MemoryError, RecursionError, ONNX Runtime's Fail or RuntimeException, a warning
+turned into an error) is a bug or a runtime failure: the runner raises ``NodeFailed`` and the worker stops,
+since no record is to blame. See worker/graph/runner.py.
 """
 
 from __future__ import annotations
@@ -41,6 +50,13 @@ class Applied:
 
 
 Kernel = Callable[[Batch], Applied]
+ROW_FAULTS: tuple[type[Exception], ...] = (ValueError, ArithmeticError)
+
+
+def is_row_fault(exc: BaseException) -> bool:
+    """Whether a kernel's exception may come from the values of some rows (bisect to them) rather than from a
+    bug. A LookupError never is, even when it is also a ValueError (numpy's AxisError: a wrong axis)."""
+    return isinstance(exc, ROW_FAULTS) and not isinstance(exc, LookupError)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,16 @@
 
 ``CompiledGraph.run`` walks the plan: each step gets only the columns it reads, its kernel returns produced
 columns for the rows it kept and the rows it rejected; rejected rows become ``ScoringError``s and leave the
-rest of the run. A kernel that raises on a whole batch is re-run on halves (bisect) until the rows that make
-it raise are isolated, so good rows still go through. Bad rows never make ``run`` raise.
+rest of the run. What a kernel raises is sorted by the contract of worker/graph/plan.py:
+
+- a row fault (``is_row_fault``: ValueError, ArithmeticError) says some value of the batch made a vectorised
+  call fail as a whole: the kernel is re-run on halves (bisect) until the rows that make it raise are
+  isolated, each rejected with the exception as its reason, so good rows still go through;
+- anything else is a bug or a runtime failure (KeyError, TypeError, MemoryError, ONNX Runtime's Fail, ...),
+  never a bad record: ``run`` raises ``NodeFailed`` naming the node, at once, without bisecting, so no record
+  is dead-lettered for it and the worker stops.
+
+Bad rows never make ``run`` raise.
 """
 
 from __future__ import annotations
@@ -17,9 +25,9 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.columns import Batch, StageResult, batch_len
-from worker.errors import GraphError, ScoringError
+from worker.errors import GraphError, NodeFailed, ScoringError
 from worker.graph.dsl import GraphSpec, InputField, OutputField
-from worker.graph.plan import Kernel, NodeInfo
+from worker.graph.plan import Applied, Kernel, NodeInfo, is_row_fault
 from worker.graph.types import BoolArray, ColType, physical
 
 Key = tuple[str, str]  # (producer node id, or "" for a graph input; column name)
@@ -78,8 +86,9 @@ class CompiledGraph:
         """Score one batch; return only the declared output columns, for the rows that went through.
 
         Called by the streaming runtime once per batch; CPU-bound (ONNX Runtime releases the GIL), never
-        blocks on I/O. Raises ``GraphError`` only when the batch does not match the declared inputs (a wiring
-        bug, not a bad row); every bad row becomes a ``ScoringError`` in ``errors``.
+        blocks on I/O. Every bad row becomes a ``ScoringError`` in ``errors``. Raises ``GraphError`` when the
+        batch does not match the declared inputs (a wiring bug), and ``NodeFailed`` (a ``FatalError``) when a
+        kernel raises anything but a row fault: a bug or a runtime failure, which no record is blamed for.
         """
         slots = self._slots
         n = batch_len(batch)
@@ -192,12 +201,17 @@ Outcome = tuple[BoolArray | None, Batch, dict[int, str], str | None]
 
 def _apply_step(step: Step, inputs: Batch, n: int) -> Outcome:
     """Run one kernel over ``n`` (> 0) rows: (kept mask, None when every row is kept; produced columns of
-    kept rows; reason per rejected position; model id). Bisects when the kernel raises."""
+    kept rows; reason per rejected position; model id). Bisects on a row fault; raises ``NodeFailed`` on
+    anything else the kernel raises."""
+    result: Applied | None = None
     try:
         result = step.kernel(inputs)
     except Exception as exc:
+        if not is_row_fault(exc):
+            raise NodeFailed(step.node_id, exc, model_id=step.model_id) from exc
         if n == 1:
             return np.zeros(1, dtype=np.bool_), {}, {0: f"{type(exc).__name__}: {exc}"}, None
+    if result is None:  # bisect outside the handler: a NodeFailed from a half has no row fault as context
         return _bisect(step, inputs, n)
     if not result.rejected:  # the common case: no mask, no reasons
         return None, result.columns, {}, result.model_id
