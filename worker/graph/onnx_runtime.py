@@ -1,8 +1,14 @@
 """ONNX Runtime behind a small protocol, and the static facts the ONNX node reads from a model.
 
-``open_session`` is the one place ONNX Runtime and onnx exceptions are translated (into ``GraphError`` naming
-the node). It refuses custom op domains unless allowed, passes ``providers=`` explicitly and refuses a
+``open_session`` is the one place ONNX Runtime and onnx exceptions are translated at load (into ``GraphError``
+naming the node). It refuses custom op domains unless allowed, passes ``providers=`` explicitly and refuses a
 provider that is not available rather than falling back.
+
+``OrtSession.run`` is the one place they are translated per batch, for the kernel contract of
+worker/graph/plan.py: ``InvalidArgument`` raised while running a node of the model (an index out of range
+in the data, say) becomes ``InferenceRejected``, a row fault the runner isolates by bisecting; feeds the
+session refuses before running (a missing input, a wrong type or shape) become ``InferenceFailed``, a bug.
+Every other ONNX Runtime error (Fail, RuntimeException, EPFail, ...) passes unchanged: not a row fault.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any, Protocol
 import numpy.typing as npt
 import onnx
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from worker.errors import GraphError
 
@@ -21,6 +28,18 @@ STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
 _LABEL_ATTRS = ("classlabels_strings", "classlabels_int64s", "classlabels_ints")
 
 Dim = int | str | None
+# How ONNX Runtime's executor prefixes the status of a kernel that failed on the values it was given; feed
+# checks made before running (names, types, shapes) lack it.
+_WHILE_RUNNING = "Non-zero status code returned while running"
+
+
+class InferenceRejected(ValueError):
+    """ONNX Runtime refused a value of the batch while running the model: a row fault (see plan.py)."""
+
+
+class InferenceFailed(RuntimeError):
+    """ONNX Runtime refused the feeds before running the model (an input missing, a type or a shape it does
+    not take): the node built them wrong, whatever the rows hold."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +98,16 @@ class OrtSession:
         return tuple(o.name for o in self._outputs)
 
     def run(self, output_names: Sequence[str], feeds: Mapping[str, npt.NDArray[Any]]) -> list[Any]:
-        result: list[Any] = self._session.run(list(output_names), dict(feeds))
+        """The outputs; raises ``InferenceRejected`` (a row fault), ``InferenceFailed`` or ONNX Runtime's own
+        errors (see the module docstring)."""
+        try:
+            result: list[Any] = self._session.run(list(output_names), dict(feeds))
+        except InvalidArgument as exc:
+            if _WHILE_RUNNING in str(exc):
+                raise InferenceRejected(str(exc)) from exc
+            raise InferenceFailed(str(exc)) from exc
+        except ValueError as exc:  # onnxruntime's Python layer checks the feed names with a ValueError
+            raise InferenceFailed(str(exc)) from exc
         return result
 
 

@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-from graph_helpers import linear, spec_of
+from graph_helpers import linear, model_bytes, spec_of
+from onnx import TensorProto, helper
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from worker.columns import Batch
 from worker.errors import FatalError, InfrastructureError, NodeFailed
 from worker.graph import InMemoryModels, compile_graph, onnx_node
-from worker.graph.onnx_runtime import OrtSession
+from worker.graph.onnx_runtime import InferenceFailed, OrtSession
 from worker.graph.plan import Applied
 from worker.graph.runner import CompiledGraph
 
@@ -166,3 +167,72 @@ def test_an_onnx_runtime_failure_surfaces_as_node_failed(
 
     assert info.value.node_id == "model" and info.value.model_id == "lin"
     assert info.value.__cause__ is exc and type(exc).__name__ in str(info.value)
+
+
+def running_fault(what: str) -> Exception:
+    """ONNX Runtime's InvalidArgument as a kernel of the model raises it on a value of the batch."""
+    return ort_errors.InvalidArgument(
+        "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Non-zero status code returned while running Gather "
+        f"node. Name:'' Status Message: {what}"
+    )
+
+
+def test_invalid_argument_while_running_the_model_isolates_the_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    graph = onnx_graph(monkeypatch, running_fault("indices element out of data bounds"))
+    x = np.array([1.0, TRIGGER, 3.0, 4.0])
+
+    result = graph.run({"x": x, "y": np.ones(4)})
+
+    assert result.rows.tolist() == [0, 2, 3]
+    np.testing.assert_allclose(result.columns["s"], x[[0, 2, 3]] + 2.0)
+    assert list(result.errors) == [1]
+    error = result.errors[1]
+    assert error.node_id == "model" and error.model_id == "lin"
+    assert error.reason.startswith("InferenceRejected: ") and "out of data bounds" in error.reason
+
+
+FEED_MISMATCHES = [
+    ort_errors.InvalidArgument(
+        "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: X for the following "
+        "indices\n index: 0 Got: 3 Expected: 1\n Please fix either the inputs/outputs or the model."
+    ),
+    ort_errors.InvalidArgument(
+        "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Unexpected input data type. Actual: (tensor(double)) , "
+        "expected: (tensor(float))"
+    ),
+    ValueError("Required inputs (['X']) are missing from input feed (['Z'])."),  # onnxruntime's own check
+]
+
+
+@pytest.mark.parametrize("exc", FEED_MISMATCHES, ids=["dimensions", "type", "missing"])
+def test_feeds_that_do_not_fit_the_session_are_a_bug(monkeypatch: pytest.MonkeyPatch, exc: Exception) -> None:
+    graph = onnx_graph(monkeypatch, exc)
+
+    with pytest.raises(NodeFailed, match="InferenceFailed") as info:
+        graph.run({"x": np.array([1.0, TRIGGER, 3.0]), "y": np.ones(3)})
+
+    assert isinstance(info.value.__cause__, InferenceFailed) and info.value.__cause__.__cause__ is exc
+
+
+def gather_model() -> bytes:
+    """Y[n, 1] = T[I[n, 1]] with T = [10, 20, 30]: an index outside 0..2 (or -3..-1) makes ONNX Runtime
+    refuse the batch."""
+    i = helper.make_tensor_value_info("I", TensorProto.INT64, [None, 1])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, 1])
+    t = helper.make_tensor("T", TensorProto.FLOAT, [3], [10.0, 20.0, 30.0])
+    return model_bytes([helper.make_node("Gather", ["T", "I"], ["Y"])], [i], [y], [t])
+
+
+def test_a_real_out_of_range_index_is_isolated_to_its_row() -> None:
+    spec = spec_of(
+        [{"id": "model", "kind": "onnx", "model_id": "g", "features": ["i"], "outputs": {"Y": "s"}}],
+        [{"name": "i", "dtype": "int64"}],
+        [{"name": "s", "dtype": "float64"}],
+    )
+    graph = compile_graph(spec, InMemoryModels({"g": gather_model()}))
+
+    result = graph.run({"i": np.array([0, 2, 7, 1, -1])})
+
+    assert result.rows.tolist() == [0, 1, 3, 4]
+    assert result.columns["s"].tolist() == [10.0, 30.0, 20.0, 30.0]
+    assert list(result.errors) == [2] and "out of data bounds" in result.errors[2].reason
