@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-from graph_helpers import linear, model_bytes, spec_of
+from graph_helpers import linear, model_bytes, run, spec_of
 from onnx import TensorProto, helper
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
@@ -236,3 +236,41 @@ def test_a_real_out_of_range_index_is_isolated_to_its_row() -> None:
     assert result.rows.tolist() == [0, 1, 3, 4]
     assert result.columns["s"].tolist() == [10.0, 30.0, 20.0, 30.0]
     assert list(result.errors) == [2] and "out of data bounds" in result.errors[2].reason
+
+
+# Kernels mask the values they cannot handle: none relies on a raise (nor on a numpy warning) to reject a row.
+
+INT64_MIN = -(2**63)
+
+
+@pytest.mark.parametrize("on_invalid", ["reject", "null"])
+def test_astype_masks_strings_outside_int64_instead_of_wrapping(on_invalid: str) -> None:
+    values = ["1", "9" * 30, str(10**400), str(INT64_MIN), "-12"]
+    node = {"id": "n", "kind": "astype", "columns": ["s"], "dtype": "int64", "on_invalid": on_invalid}
+    nullable = on_invalid == "null"
+
+    result = run(
+        [node],
+        [{"name": "s", "dtype": "string"}],
+        [{"name": "s", "dtype": "int64", "nullable": nullable}],
+        {"s": np.array(values, dtype=object)},
+    )
+
+    if nullable:
+        assert result.errors == {}
+        np.testing.assert_array_equal(result.columns["s"], [1, np.nan, np.nan, INT64_MIN, -12])
+        return
+    assert result.rows.tolist() == [0, 3, 4] and result.columns["s"].tolist() == [1, INT64_MIN, -12]
+    assert sorted(result.errors) == [1, 2]
+    assert all(e.reason == "column 's': value cannot become int64" for e in result.errors.values())
+
+
+def test_astype_masks_floats_outside_int64_instead_of_wrapping() -> None:
+    x = np.array([1.5, 1e300, -1e19, 2.0**63, -(2.0**63), np.inf, -7.9])
+    node = {"id": "n", "kind": "astype", "columns": ["x"], "dtype": "int64"}
+
+    result = run([node], [{"name": "x", "dtype": "float64"}], [{"name": "x", "dtype": "int64"}], {"x": x})
+
+    assert result.rows.tolist() == [0, 4, 6] and result.columns["x"].tolist() == [1, INT64_MIN, -7]
+    assert sorted(result.errors) == [1, 2, 3, 5]
+    assert all(e.reason == "column 'x': value cannot become int64" for e in result.errors.values())

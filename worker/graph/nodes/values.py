@@ -108,6 +108,15 @@ class Astype(NodeBase):
         return NodeCompiled(self.columns, targets, kernel)
 
 
+# int64 values travel as float64 (NaN marks the refused rows): a value is an int64 when its float is in
+# [-2**63, 2**63). Outside, numpy's cast to int64 would give INT64_MIN with only a RuntimeWarning.
+_INT64_LOW, _INT64_END = -(2.0**63), 2.0**63
+
+
+def _fits_int64(number: int) -> bool:
+    return -(2**63) <= number < 2**63 and float(number) < _INT64_END
+
+
 def _converter(src: str, dst: str) -> Callable[[Column, ColType], tuple[Column, Any]] | None:
     if src == dst:
         return lambda col, ct: (col, None)
@@ -129,7 +138,8 @@ def _parser(dst: str) -> Callable[[Column, ColType], tuple[Column, Any]]:
             if dst == "float64":
                 return float(text), True
             if dst == "int64":
-                return int(text), True
+                number = int(text)
+                return (number, True) if _fits_int64(number) else (None, False)
             if dst == "bool":
                 low = text.lower()
                 return low in ("true", "1"), low in ("true", "false", "1", "0")
@@ -175,7 +185,7 @@ def _numeric(dst: str) -> Callable[[Column, ColType], tuple[Column, Any]]:
             return as_float, None
         if null is None:
             null = np.zeros(len(col), dtype=np.bool_)
-        invalid = ~null & ~np.isfinite(as_float)
+        invalid = ~null & ~((as_float >= _INT64_LOW) & (as_float < _INT64_END))  # NaN and inf too
         return np.where(null | invalid, np.nan, np.trunc(as_float)), invalid
 
     return convert
