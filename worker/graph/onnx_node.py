@@ -214,7 +214,8 @@ def _stacker(
         # One C-level concatenate casts every feature into a (features, n) block, where each feature is a
         # contiguous row for the finiteness check; a single transposing copy then gives the C-ordered
         # (n, features) tensor. np.stack would cost a Python-level expand_dims per column.
-        block = np.concatenate([batch[name] for name in columns], dtype=dtype, casting="unsafe")
+        with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf, rejected below as such
+            block = np.concatenate([batch[name] for name in columns], dtype=dtype, casting="unsafe")
         block = block.reshape(len(columns), n)
         finite = np.isfinite(block)
         rejected = []
@@ -230,7 +231,8 @@ def _stacker(
             col, ct = batch[name], types[name]
             bad = null_mask(col, ct)
             if numeric and dtype.kind == "f" and col.dtype != object:
-                out[:, j] = col
+                with np.errstate(over="ignore"):  # beyond float32: inf, rejected as not finite
+                    out[:, j] = col
                 bad = bad | ~np.isfinite(out[:, j])
             elif numeric:  # ints, or nullable bools: nulls need a placeholder to cast (the row is rejected)
                 out[:, j] = np.where(bad, 0, col) if bad.any() else col

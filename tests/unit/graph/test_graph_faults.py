@@ -274,3 +274,22 @@ def test_astype_masks_floats_outside_int64_instead_of_wrapping() -> None:
     assert result.rows.tolist() == [0, 4, 6] and result.columns["x"].tolist() == [1, INT64_MIN, -7]
     assert sorted(result.errors) == [1, 2, 3, 5]
     assert all(e.reason == "column 'x': value cannot become int64" for e in result.errors.values())
+
+
+@pytest.mark.parametrize("flag", [{"dtype": "int64"}, {"dtype": "bool", "nullable": True}])
+def test_a_feature_beyond_float32_is_rejected_as_not_finite(flag: dict[str, Any]) -> None:
+    # With a nullable bool feature (an object column) the per-column feeder runs, else the whole-matrix one.
+    node = {"id": "m", "kind": "onnx", "model_id": "lin", "features": ["x", "f"], "outputs": {"Y": "s"}}
+    inputs = [{"name": "x", "dtype": "float64"}, {"name": "f", **flag}]
+    f = np.array([1, 0, 1]) if flag["dtype"] == "int64" else np.array([True, False, True], dtype=object)
+
+    result = run(
+        [node],
+        inputs,
+        [{"name": "s", "dtype": "float64"}],
+        {"x": np.array([1.0, 1e300, 2.0]), "f": f},
+        InMemoryModels({"lin": linear([1.0, 2.0])}),
+    )
+
+    assert result.rows.tolist() == [0, 2] and result.columns["s"].tolist() == [3.0, 4.0]
+    assert result.errors[1].reason == "feature 'x' is null or not finite (model 'lin')"
