@@ -138,6 +138,9 @@ class ONNXNode(NodeBase):
         if rank not in (1, 2) or (rank == 1 and len(columns) != 1):
             raise self.error(f"model input {info.name!r} has shape {list(info.shape)}; "
                              f"{len(columns)} column(s) are bound to it")  # fmt: skip
+        if rank and isinstance(info.shape[0], int):  # ONNX Runtime would refuse every batch of another size
+            raise self.error(f"model input {info.name!r} has a fixed batch dimension of {info.shape[0]} "
+                             f"(shape {list(info.shape)}); export it with a dynamic one (None)")  # fmt: skip
         if isinstance(width, int) and width != len(columns):
             raise self.error(f"model input {info.name!r} expects {width} features per row, "
                              f"{len(columns)} are bound: {list(columns)}")  # fmt: skip

@@ -217,3 +217,13 @@ def test_onnx_corrupt_model_and_missing_provider(models: InMemoryModels) -> None
     assert "not a valid ONNX model" in str(onnx_err({"features": ["x"]}, b"\x00garbage"))
     err = onnx_err({"features": ["x", "x"]}, models.load("lin"), providers=["NoSuchProvider"])
     assert "NoSuchProvider" in str(err)
+
+
+def test_onnx_fixed_batch_dimension_refused() -> None:
+    # ONNX Runtime would refuse every batch of another size: a wiring problem to name at start, not per batch.
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 2])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 2])
+    model = model_bytes([helper.make_node("Relu", ["X"], ["Y"])], [x], [y])
+    err = onnx_err({"features": ["x", "x"], "outputs": {"Y": "p"}}, model)
+    assert err.node_id == "m"
+    assert "model input 'X' has a fixed batch dimension of 1 (shape [1, 2])" in str(err)
