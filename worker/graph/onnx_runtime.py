@@ -152,7 +152,8 @@ def _labels(attr: onnx.AttributeProto) -> tuple[str, ...]:
 def open_session(
     model: bytes, *, node_id: str, model_id: str, providers: Sequence[str], intra_op_num_threads: int
 ) -> OrtSession:
-    """An inference session on exactly ``providers``; a GraphError if one is missing or the model fails."""
+    """An inference session on exactly ``providers``, never falling back to another (an EPFail at run is
+    raised); a GraphError if one is missing or the model fails."""
     available = set(ort.get_available_providers())
     missing = [p for p in providers if p not in available]
     if missing or not providers:
@@ -161,7 +162,10 @@ def open_session(
     options.intra_op_num_threads = intra_op_num_threads
     options.inter_op_num_threads = 1
     try:
-        session = ort.InferenceSession(model, sess_options=options, providers=list(providers))
+        # enable_fallback=0: on a provider error onnxruntime would print and retry on the CPU provider
+        session = ort.InferenceSession(
+            model, sess_options=options, providers=list(providers), enable_fallback=0
+        )
     except Exception as exc:  # onnxruntime's errors share no public base class
         raise GraphError(f"ONNX Runtime cannot load model {model_id!r}: {exc}", node_id=node_id) from exc
     return OrtSession(session)

@@ -21,7 +21,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from worker.columns import Batch
 from worker.errors import FatalError, InfrastructureError, NodeFailed
 from worker.graph import InMemoryModels, compile_graph, onnx_node
-from worker.graph.onnx_runtime import InferenceFailed, OrtSession
+from worker.graph.onnx_runtime import InferenceFailed, OrtSession, open_session
 from worker.graph.plan import Applied
 from worker.graph.runner import CompiledGraph
 
@@ -293,3 +293,31 @@ def test_a_feature_beyond_float32_is_rejected_as_not_finite(flag: dict[str, Any]
 
     assert result.rows.tolist() == [0, 2] and result.columns["s"].tolist() == [3.0, 4.0]
     assert result.errors[1].reason == "feature 'x' is null or not finite (model 'lin')"
+
+
+def test_an_execution_provider_failure_is_raised_not_retried_elsewhere(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    session = open_session(
+        linear([1.0]), node_id="m", model_id="lin", providers=["CPUExecutionProvider"], intra_op_num_threads=1
+    )
+    calls: list[object] = []
+
+    class FailingProvider:  # the pybind session under onnxruntime's Python wrapper, failing in its provider
+        def __init__(self, real: Any) -> None:
+            self.real = real
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+        def run(self, *args: Any) -> Any:
+            calls.append(args)
+            raise ort_errors.EPFail("[ONNXRuntimeError] : 11 : EP_FAIL : the provider failed")
+
+    inner = session._session
+    inner._sess = FailingProvider(inner._sess)
+
+    with pytest.raises(ort_errors.EPFail):
+        session.run(["Y"], {"X": np.ones((2, 1), dtype=np.float32)})
+
+    assert len(calls) == 1 and "Falling back" not in capsys.readouterr().out
