@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
-from conftest import Backend
+from kafka_backends import Backend
 
 from worker.runtime.clients import ConsumerClient, ProducerClient
 

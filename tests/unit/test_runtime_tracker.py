@@ -1,12 +1,13 @@
 """CommitTracker and InFlight: commit points advance only over batches whose outputs are all acknowledged,
-in consume order; a delivery error stops them; revoked partitions are forgotten."""
+in consume order; a delivery error stops them and the rewind gives up everything from the failed batch on;
+revoked partitions are forgotten."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,15 +19,31 @@ TIMED_OUT = KafkaError(KafkaError._MSG_TIMED_OUT)
 TOO_LARGE = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
 
 
+ALL = [A0, A1, ("side", 0), ("in", 2)]
+
+
 def ack(batch: InFlight, n: int = 1, error: KafkaError | None = None) -> None:
     for _ in range(n):
-        batch.on_delivery(error, None)  # type: ignore[arg-type]  # the callback never reads the message
+        batch.on_delivery(error, Message(topic="out", partition=0, key=b"k", value=b"v"))
 
 
-def tracked(tracker: CommitTracker, next_offsets: dict[TopicPartition, int], outputs: int) -> InFlight:
-    batch = InFlight(dict(next_offsets), outstanding=outputs)
+def tracked(
+    tracker: CommitTracker,
+    next_offsets: dict[TopicPartition, int],
+    outputs: int,
+    first_offsets: dict[TopicPartition, int] | None = None,
+) -> InFlight:
+    batch = InFlight(dict(next_offsets), dict(first_offsets or {}), outstanding=outputs)
     tracker.track(batch)
     return batch
+
+
+def advance(tracker: CommitTracker) -> dict[TopicPartition, int]:
+    """The points newly reached, confirmed at once (as a commit the broker took)."""
+    points = tracker.to_commit(ALL)
+    for tp, offset in points.items():
+        tracker.confirm(tp, offset)
+    return points
 
 
 def test_a_completed_batch_moves_its_partitions_and_leaves_the_tracker() -> None:
@@ -34,12 +51,12 @@ def test_a_completed_batch_moves_its_partitions_and_leaves_the_tracker() -> None
     batch = tracked(tracker, {A0: 10, A1: 4}, outputs=3)
     ack(batch, 2)
     assert not batch.done
-    assert tracker.advance() == {}
+    assert advance(tracker) == {}
     ack(batch)
     assert batch.done
-    assert tracker.advance() == {A0: 10, A1: 4}
+    assert advance(tracker) == {A0: 10, A1: 4}
     assert tracker.empty
-    assert tracker.advance() == {}  # popped: nothing to commit twice
+    assert advance(tracker) == {}  # popped: nothing to commit twice
 
 
 def test_an_incomplete_earlier_batch_holds_back_later_ones() -> None:
@@ -48,10 +65,10 @@ def test_an_incomplete_earlier_batch_holds_back_later_ones() -> None:
     second = tracked(tracker, {A0: 20, A1: 5}, outputs=1)
     ack(second)
     assert second.done and not first.done
-    assert tracker.advance() == {}  # A1 is held back too: the order of batches is the order of commits
+    assert advance(tracker) == {}  # A1 is held back too: the order of batches is the order of commits
     ack(first)
     ack(first)
-    assert tracker.advance() == {A0: 20, A1: 5}  # the later batch's point wins
+    assert advance(tracker) == {A0: 20, A1: 5}  # the later batch's point wins
     assert tracker.empty
 
 
@@ -62,16 +79,16 @@ def test_advance_stops_at_the_first_incomplete_batch() -> None:
     third = tracked(tracker, {A0: 30, A1: 3}, outputs=1)
     ack(first)
     ack(third)
-    assert tracker.advance() == {A0: 10}
+    assert advance(tracker) == {A0: 10}
     assert not tracker.empty
     ack(second)
-    assert tracker.advance() == {A0: 30, A1: 3}
+    assert advance(tracker) == {A0: 30, A1: 3}
 
 
 def test_a_batch_without_outputs_is_done_at_once() -> None:
     tracker = CommitTracker()
     tracked(tracker, {A0: 7}, outputs=0)
-    assert tracker.advance() == {A0: 7}
+    assert advance(tracker) == {A0: 7}
 
 
 def test_outstanding_counts_unacknowledged_outputs_over_all_batches() -> None:
@@ -83,7 +100,7 @@ def test_outstanding_counts_unacknowledged_outputs_over_all_batches() -> None:
     ack(first, 3)
     ack(second)
     assert tracker.outstanding == 3
-    tracker.advance()
+    advance(tracker)
     assert tracker.outstanding == 3 and not tracker.empty
     ack(second, 3)
     assert tracker.outstanding == 0
@@ -93,18 +110,17 @@ def test_a_delivery_error_stops_advancing_and_is_reported() -> None:
     tracker = CommitTracker()
     first = tracked(tracker, {A0: 10}, outputs=2)
     second = tracked(tracker, {A0: 20}, outputs=1)
-    assert tracker.failed() is None
+    assert not tracker.failing()
     ack(first)
     ack(first, error=TIMED_OUT)
     ack(second)
     assert first.done  # every callback came, one of them with an error
-    assert tracker.failed() is TIMED_OUT
-    assert tracker.advance() == {}  # neither the failed batch nor anything after it
-    assert tracker.advance() == {}
-    assert tracker.failed() is TIMED_OUT
+    assert tracker.failing() and [f.error for f in tracker.failures()] == [TIMED_OUT]
+    assert advance(tracker) == {}  # neither the failed batch nor anything after it
+    assert tracker.failing()
 
 
-def test_the_first_error_is_kept_and_failed_reports_the_earliest_batch() -> None:
+def test_every_failure_is_kept_in_batch_order_with_what_its_report_carried() -> None:
     tracker = CommitTracker()
     ok = tracked(tracker, {A0: 5}, outputs=1)
     first = tracked(tracker, {A0: 10}, outputs=2)
@@ -113,32 +129,40 @@ def test_the_first_error_is_kept_and_failed_reports_the_earliest_batch() -> None
     ack(first, error=TIMED_OUT)
     ack(first, error=TOO_LARGE)
     ack(ok)
-    assert first.error is TIMED_OUT  # the first error of a batch is not overwritten
-    assert tracker.failed() is TIMED_OUT  # the batch earliest in consume order, not the first callback
+    assert [f.error for f in first.failures] == [TIMED_OUT, TOO_LARGE]
+    assert [f.error for f in tracker.failures()] == [TIMED_OUT, TOO_LARGE, TOO_LARGE]  # consume order
+    assert {(f.topic, f.key, f.value) for f in tracker.failures()} == {("out", b"k", b"v")}
     assert tracker.to_commit([A0]) == {A0: 5}  # the completed batch before the failure still commits
+
+
+def test_rewind_gives_up_the_failed_batch_and_every_later_one() -> None:
+    tracker = CommitTracker()
+    delivered = tracked(tracker, {A0: 10}, outputs=1, first_offsets={A0: 0})
+    failed = tracked(tracker, {A0: 20, A1: 7}, outputs=2, first_offsets={A0: 10, A1: 3})
+    later = tracked(tracker, {A0: 30, A1: 9}, outputs=1, first_offsets={A0: 20, A1: 7})
+    ack(delivered)
+    ack(failed)
+    ack(failed, error=TIMED_OUT)
+    ack(later)
+    points, failures, by_batch = tracker.rewind()
+    assert points == {A0: 10, A1: 3}  # each partition's first offset in what was given up
+    assert [f.error for f in failures] == [TIMED_OUT]
+    assert [fails for _, fails in by_batch] == [failures]
+    assert tracker.empty and not tracker.failing()
+    assert tracker.to_commit([A0, A1]) == {A0: 10}  # what was delivered before the failure still commits
 
 
 def test_forget_drops_revoked_partitions_from_every_batch() -> None:
     tracker = CommitTracker()
-    first = tracked(tracker, {A0: 10, A1: 3}, outputs=1)
-    second = tracked(tracker, {A1: 8}, outputs=1)
+    first = tracked(tracker, {A0: 10, A1: 3}, outputs=1, first_offsets={A0: 5, A1: 1})
+    second = tracked(tracker, {A1: 8}, outputs=1, first_offsets={A1: 3})
     tracker.forget([A1, ("other", 0)])
     assert first.next_offsets == {A0: 10} and second.next_offsets == {}
-    assert tracker.pending_for([A0]) and not tracker.pending_for([A1])
+    assert first.first_offsets == {A0: 5} and second.first_offsets == {}
     ack(first)
     ack(second)
-    assert tracker.advance() == {A0: 10}  # nothing of A1: it is no longer ours to commit
+    assert advance(tracker) == {A0: 10}  # nothing of A1: it is no longer ours to commit
     assert tracker.empty
-
-
-def test_pending_for_is_true_only_while_outputs_of_those_partitions_are_in_flight() -> None:
-    tracker = CommitTracker()
-    first = tracked(tracker, {A0: 10}, outputs=1)
-    tracked(tracker, {A1: 3}, outputs=0)
-    assert tracker.pending_for([A0]) and tracker.pending_for([A0, A1])
-    assert not tracker.pending_for([A1]) and not tracker.pending_for([])
-    ack(first)
-    assert not tracker.pending_for([A0, A1])
 
 
 # --- property: never skip an unacknowledged message ------------------------------------------------------
@@ -202,12 +226,12 @@ def test_commit_points_never_pass_an_unacknowledged_message(
             tp, offset = batches[b][k]
             unacked[tp].remove(offset)
             ack(in_flight[b])
-        for tp, point in tracker.advance().items():
+        for tp, point in advance(tracker).items():
             assert point >= committed.get(tp, 0), "a commit point went backwards"
             committed[tp] = point
             if unacked[tp]:
                 assert point <= min(unacked[tp]), f"{tp} committed past an unacknowledged offset"
-    assert tracker.empty and tracker.outstanding == 0 and tracker.failed() is None
+    assert tracker.empty and tracker.outstanding == 0 and not tracker.failing()
     last = {tp: offset for batch in batches for tp, offset in batch}
     assert committed == {tp: offset + 1 for tp, offset in last.items()}
 
@@ -219,9 +243,9 @@ def test_nothing_at_or_after_a_failed_batch_is_ever_committed(failing_batch: int
     for i, batch in enumerate(batches):
         ack(batch, error=TIMED_OUT if i == failing_batch else None)
         ack(batch)
-    points = tracker.advance()
+    points = advance(tracker)
     assert points == ({A0: 10 * failing_batch} if failing_batch else {})
-    assert tracker.failed() is TIMED_OUT
+    assert [f.error for f in tracker.failures()] == [TIMED_OUT]
 
 
 def test_a_point_is_offered_until_the_broker_confirms_it() -> None:
@@ -229,7 +253,7 @@ def test_a_point_is_offered_until_the_broker_confirms_it() -> None:
     batch = InFlight({("t", 0): 10, ("t", 1): 5}, outstanding=1)
     tracker.track(batch)
     assert tracker.to_commit({("t", 0), ("t", 1)}) == {}  # nothing delivered yet
-    batch.on_delivery(None, None)  # type: ignore[arg-type]
+    ack(batch)
     assert tracker.to_commit({("t", 0), ("t", 1)}) == {("t", 0): 10, ("t", 1): 5}
     # the commit of partition 1 was lost in a rebalance: only partition 0 is confirmed
     tracker.confirm(("t", 0), 10)

@@ -6,11 +6,16 @@ invalid share of its current window of ``window_records`` records would exceed `
 once the window is full). A tripped breaker stays open: the worker produces nothing more, commits nothing
 more, pauses its partitions and reports not ready, so at most ``max_consecutive_invalid`` records were
 dead-lettered in a row. Operators fix the deploy and restart the worker.
+
+A partition's counts belong to the replica that owns it: they are forgotten when it is revoked, lost or
+assigned (``forget``), and a batch whose transaction was aborted is taken back (``snapshot``/``restore``)
+before it is admitted again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -49,6 +54,23 @@ class CircuitBreaker:
             self.reason = tripped
             return False
         return True
+
+    def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """Partitions no longer (or newly) ours: their history does not count here."""
+        for tp in partitions:
+            self._partitions.pop(tp, None)
+
+    def snapshot(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], _Partition | None]:
+        """The counts of ``partitions`` as they are now, for ``restore`` after an aborted batch."""
+        return {tp: replace(state) if (state := self._partitions.get(tp)) else None for tp in partitions}
+
+    def restore(self, snapshot: dict[tuple[str, int], _Partition | None]) -> None:
+        """Undo what was admitted since ``snapshot`` (its batch was aborted and will come again)."""
+        for tp, state in snapshot.items():
+            if state is None:
+                self._partitions.pop(tp, None)
+            else:
+                self._partitions[tp] = state
 
     def _all_valid(self, topic: str, partitions: npt.NDArray[np.int64]) -> bool:
         """The common case: no invalid record, so every run ends and windows just fill. False (nothing

@@ -264,11 +264,15 @@ class Settings(BaseSettings):
     def producer_config(self) -> dict[str, Any]:
         # Tunable defaults first (kafka.extra and producer_extra may change them), then the guarantees.
         config: dict[str, Any] = {"linger.ms": 5, "compression.type": "lz4"}
-        config.update(self.kafka.client_config("producer"))
-        config.update({"enable.idempotence": True, "acks": "all"})
         if self.delivery == "at-least-once":
-            # Any failed delivery is fatal, so one delivery report can stand for its partition's batch.
-            config["enable.gapless.guarantee"] = True
+            # No local give-up: an output the broker cannot take yet waits (the loop pauses its input) and
+            # goes out in order once it can. A finite value makes a timed-out output a rewind, and librdkafka
+            # may then deliver later outputs of its partition first (a gap: reordering on the replay).
+            config["message.timeout.ms"] = 0
+        config.update(self.kafka.client_config("producer"))
+        # Without enable.gapless.guarantee: one output the broker rejects (too large for its topic) must not
+        # fail the producer; every output has its own delivery report and the loop handles each failure.
+        config.update({"enable.idempotence": True, "acks": "all"})
         if self.delivery == "exactly-once":
             config["transactional.id"] = self.effective_transactional_id()
             config["transaction.timeout.ms"] = self.transaction_timeout_ms

@@ -7,7 +7,8 @@ Scores carry where they came from (a dedup key for consumers) and what computed 
 Dead-letter records keep the original key, value and headers, and add the reason after Kafka Connect's
 ``__connect.errors.*`` convention under our own prefix: ``rtml.errors.topic``, ``.partition``, ``.offset``,
 ``.stage``, ``.node.id``, ``.exception.class.name``, ``.exception.message``, ``.schema.id``, ``.model.id``.
-A header whose value is unknown is left out.
+A header whose value is unknown is left out. A dead letter too large for its topic keeps only the start of
+its value and says so in ``rtml.errors.value.truncated`` (the original length in bytes).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ ERRORS = "rtml.errors."
 
 
 OFFSET = "rtml.source.offset"
+TRUNCATED = ERRORS + "value.truncated"
 
 
 def lineage_constants(graph_digest: str, model_ids: Sequence[str]) -> list[Header]:

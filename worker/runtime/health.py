@@ -5,6 +5,7 @@ and fatal errors) and read by the HTTP thread; a lock makes that safe, and no me
 
     alive  = no fatal error  and  the loop turned within ``stall_after_s``
     ready  = alive  and  at least one partition assigned  and  the breaker closed  and  no dependency down
+             and  outputs going out (none failing, none waiting on the broker for long)
 
 `HealthServer` serves, from a daemon thread:
 
@@ -52,6 +53,7 @@ class Health:
         self._assigned = 0
         self._breaker: str | None = None
         self._dependency: str | None = None
+        self._outputs: str | None = None
         self._fatal: str | None = None
 
     def beat(self) -> None:
@@ -75,6 +77,12 @@ class Health:
         with self._lock:
             self._dependency = reason
 
+    def set_outputs_down(self, reason: str | None) -> None:
+        """Outputs cannot be delivered (``reason``: the broker's error, or how long none was acknowledged),
+        or they go out again with None. Liveness is unaffected: the loop turns and waits in order."""
+        with self._lock:
+            self._outputs = reason
+
     def set_fatal(self, reason: str) -> None:
         """The worker cannot go on (e.g. a fenced producer): liveness fails; the first reason stays."""
         with self._lock:
@@ -97,17 +105,20 @@ class Health:
         return True, "ok"
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, reason): ready when alive, assigned at least one partition, the breaker closed and no
-        dependency down."""
+        """(ready, reason): ready when alive, assigned at least one partition, the breaker closed, no
+        dependency down and outputs going out."""
         alive, reason = self.liveness()
         if not alive:
             return False, reason
         with self._lock:
             assigned, breaker, dependency = self._assigned, self._breaker, self._dependency
+            outputs = self._outputs
         if breaker is not None:
             return False, f"breaker open: {breaker}"
         if dependency is not None:
             return False, f"waiting: {dependency}"
+        if outputs is not None:
+            return False, f"outputs not delivered: {outputs}"
         if assigned < 1:
             return False, "no partitions assigned"
         return True, "ok"

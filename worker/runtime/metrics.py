@@ -21,6 +21,10 @@ Series (every name starts with ``rtml_``; counters end in ``_total``):
     rtml_paused_partitions                  partitions paused for backpressure
     rtml_assigned_partitions                partitions currently assigned
     rtml_breaker_open                       1 while the invalid-input breaker is open
+    rtml_output_failures_total{kind}        outputs not delivered: "record" (the broker refused the record),
+                                            "broker" (anything else: timeouts, missing topic, authorisation)
+    rtml_rewinds_total                      at-least-once: failed outputs made the loop rewind its input
+    rtml_transaction_aborts_total           exactly-once: transactions aborted (and their batch rewound)
 """
 
 from __future__ import annotations
@@ -53,9 +57,13 @@ MetricName = Literal[
     "rtml_paused_partitions",
     "rtml_assigned_partitions",
     "rtml_breaker_open",
+    "rtml_output_failures_total",
+    "rtml_rewinds_total",
+    "rtml_transaction_aborts_total",
 ]
 METRIC_NAMES: Final[tuple[MetricName, ...]] = get_args(MetricName)
 RebalanceKind = Literal["assign", "revoke", "lost"]
+FailureKind = Literal["record", "broker"]
 
 # Upper bounds ("le") of the histogram buckets; +Inf is added by the histogram.
 BATCH_SIZE_BUCKETS: Final = (
@@ -141,7 +149,16 @@ class Metrics:
         self._paused = Gauge("rtml_paused_partitions", "Partitions paused for backpressure.", registry=r)
         self._assigned = Gauge("rtml_assigned_partitions", "Partitions currently assigned.", registry=r)
         self._breaker = Gauge("rtml_breaker_open", "1 while the invalid-input breaker is open.", registry=r)
+        self._output_failures = Counter(
+            _name("rtml_output_failures_total"), "Outputs not delivered, by kind.", ["kind"], registry=r
+        )
+        self._rewinds = Counter(_name("rtml_rewinds_total"), "Rewinds after failed outputs.", registry=r)
+        self._aborts = Counter(
+            _name("rtml_transaction_aborts_total"), "Transactions aborted and rewound.", registry=r
+        )
         # Known label values start at 0, so rate() and alerts see the series before the first event.
+        for kind in get_args(FailureKind):
+            self._output_failures.labels(kind=kind)
         for stage in get_args(Stage):
             self._dead.labels(stage=stage)
         for kind in get_args(RebalanceKind):
@@ -214,6 +231,18 @@ class Metrics:
     def breaker_open(self, open: bool) -> None:
         """Set whether the invalid-input breaker is open."""
         self._breaker.set(1 if open else 0)
+
+    def output_failures(self, kind: FailureKind, n: int) -> None:
+        """Count ``n`` outputs that could not be delivered, by who is at fault."""
+        self._output_failures.labels(kind=kind).inc(n)
+
+    def rewound(self) -> None:
+        """Count one rewind of the input after failed outputs."""
+        self._rewinds.inc()
+
+    def aborted(self) -> None:
+        """Count one aborted transaction."""
+        self._aborts.inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition (format 0.0.4) of every series; called by the HTTP thread."""

@@ -63,15 +63,26 @@ class Meta:
 
         Computed once per batch (the sink and the commit tracker both need it), by one sort per topic.
         """
-        points: dict[tuple[str, int], int] = {}
+        return {tp: last + 1 for tp, (_, last) in self._spans.items()}
+
+    @cached_property
+    def first_offsets(self) -> dict[tuple[str, int], int]:
+        """Per partition, the batch's first offset of it: where consuming starts again if it is rewound."""
+        return {tp: first for tp, (first, _) in self._spans.items()}
+
+    @cached_property
+    def _spans(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """Per partition, the first and last offset of the batch, by one sort per topic."""
+        spans: dict[tuple[str, int], tuple[int, int]] = {}
         for topic, at in self.groups:
             parts, offs = self.partitions[at], self.offsets[at]
-            order = np.lexsort((offs, parts))  # by partition, then offset: each partition's last is its max
+            order = np.lexsort((offs, parts))  # by partition, then offset
             parts, offs = parts[order], offs[order]
-            last = np.append(parts[1:] != parts[:-1], True)
-            for p, o in zip(parts[last].tolist(), offs[last].tolist(), strict=True):
-                points[(topic, p)] = o + 1
-        return points
+            edge = parts[1:] != parts[:-1]
+            first, last = np.insert(edge, 0, True), np.append(edge, True)
+            ends = zip(parts[last].tolist(), offs[first].tolist(), offs[last].tolist(), strict=True)
+            spans.update(((topic, p), (lo, hi)) for p, lo, hi in ends)
+        return spans
 
 
 @dataclass(frozen=True)

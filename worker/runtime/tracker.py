@@ -1,24 +1,36 @@
 """At-least-once commit points: which input offsets are safe to commit because their outputs are delivered.
 
-Offsets travel with the data; only the last step commits. Each consumed batch becomes an ``InFlight`` holding,
-per input partition, the offset after its last message, and a count of outputs (scores or dead-letter records)
-the broker has not acknowledged yet. The producer's delivery callbacks count it down. ``advance`` pops the
-batches that completed *in order* from the front and returns the new commit point of each partition: a
-partition's offsets never pass a batch whose outputs are still in flight, so a crash can only replay, never
-skip. Accounting is per batch (a counter), not per event.
+Offsets travel with the data; only the last step commits. Each produced batch becomes an ``InFlight`` holding,
+per input partition, the offset after its last message (its commit point) and its first offset (where to
+rewind to), the count of outputs (scores and dead-letter records) the broker has not acknowledged, and the
+outputs that failed. Every output carries the delivery callback, so every output's fate counts: a partition's
+commit point never passes a batch that has an unacknowledged or failed output, so a crash can only replay,
+never skip. Counting is per output with no per-output state; what failed is identified only when something
+fails (``InFlight.failures``).
 
-Not thread-safe: the delivery callbacks run inside ``Producer.poll``/``flush`` on the loop's thread.
+Not thread-safe: delivery callbacks run inside ``Producer.poll``/``flush`` on the loop's thread.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaError, Message
 
 TopicPartition = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One output the producer could not deliver: the error and what the delivery report carried."""
+
+    error: KafkaError
+    topic: str
+    key: bytes | None
+    value: bytes | None
 
 
 @dataclass(eq=False)
@@ -26,14 +38,20 @@ class InFlight:
     """One batch's outputs on their way to the broker."""
 
     next_offsets: dict[TopicPartition, int]
+    first_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     outstanding: int = 0
-    error: KafkaError | None = None
+    failures: list[Failure] = field(default_factory=list)
+    outputs: Any = None  # the sink's Outputs, to tell which input a failure answers
 
-    def on_delivery(self, error: KafkaError | None, _message: Message) -> None:
+    def on_delivery(self, error: KafkaError | None, message: Message) -> None:
         """Producer delivery callback: once per output."""
-        if error is not None and self.error is None:
-            self.error = error
+        if error is not None:
+            self.failures.append(Failure(error, message.topic() or "", message.key(), message.value()))
         self.outstanding -= 1
+
+    def refused(self, failure: Failure) -> None:
+        """An output ``produce`` refused at once, so no delivery report will come for it."""
+        self.failures.append(failure)
 
     @property
     def done(self) -> bool:
@@ -47,13 +65,14 @@ class CommitTracker:
         self._batches: deque[InFlight] = deque()
         self._done: dict[TopicPartition, int] = {}  # points whose outputs are all delivered
         self._confirmed: dict[TopicPartition, int] = {}  # points the broker confirmed as committed
+        self.delivered = 0  # batches whose outputs were all delivered, ever
 
     def track(self, batch: InFlight) -> None:
         self._batches.append(batch)
 
     @property
     def outstanding(self) -> int:
-        """Outputs produced and not yet acknowledged, over all batches."""
+        """Outputs produced and not yet acknowledged (or failed), over all batches."""
         self._collect()
         return sum(b.outstanding for b in self._batches)
 
@@ -61,17 +80,12 @@ class CommitTracker:
     def empty(self) -> bool:
         return not self._batches
 
-    def failed(self) -> KafkaError | None:
-        """The first delivery error of any batch: outputs were lost, so the worker must not go on."""
-        self._collect()
-        return next((b.error for b in self._batches if b.error is not None), None)
+    def failing(self) -> bool:
+        """True when an output of a batch in flight failed: the loop must stop and rewind."""
+        return any(b.failures for b in self._batches)
 
-    def advance(self) -> dict[TopicPartition, int]:
-        """Pop the completed batches at the front; the commit point of each partition they move."""
-        points: dict[TopicPartition, int] = {}
-        while self._batches and self._batches[0].done and self._batches[0].error is None:
-            points.update(self._batches.popleft().next_offsets)
-        return points
+    def failures(self) -> list[Failure]:
+        return [f for b in self._batches for f in b.failures]
 
     def to_commit(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """Of ``partitions``, the points reached and not yet confirmed: a commit that failed (a rebalance in
@@ -81,26 +95,41 @@ class CommitTracker:
         return {tp: o for tp, o in self._done.items() if tp in wanted and self._confirmed.get(tp, -1) < o}
 
     def _collect(self) -> None:
-        """Move the completed front batches into the reached points. Called every loop turn, so the queue
-        holds only the batches still awaiting acknowledgements (a few), not a commit interval's worth."""
-        if self._batches and self._batches[0].done:
-            self._done.update(self.advance())
+        """Move the front batches whose outputs were all delivered into the reached points. Called every loop
+        turn, so the queue holds only the batches still awaiting acknowledgements (a few)."""
+        batches = self._batches
+        while batches and batches[0].done and not batches[0].failures:
+            self._done.update(batches.popleft().next_offsets)
+            self.delivered += 1
+
+    def rewind(self) -> tuple[dict[TopicPartition, int], list[Failure], list[tuple[Any, list[Failure]]]]:
+        """Give up the batches from the first one that failed on (every report is in): per partition, the
+        first offset they held, where consuming must start again; every failure they reported; and per
+        failed batch its outputs with its failures."""
+        self._collect()
+        points: dict[TopicPartition, int] = {}
+        failures: list[Failure] = []
+        failed: list[tuple[Any, list[Failure]]] = []
+        while self._batches:
+            batch = self._batches.popleft()
+            failures.extend(batch.failures)
+            if batch.failures:
+                failed.append((batch.outputs, batch.failures))
+            for tp, offset in batch.first_offsets.items():
+                points[tp] = min(offset, points.get(tp, offset))
+        return points, failures, failed
 
     def confirm(self, tp: TopicPartition, offset: int) -> None:
         """The broker took ``offset`` as the committed offset of ``tp``."""
         self._confirmed[tp] = max(offset, self._confirmed.get(tp, -1))
 
     def forget(self, partitions: Iterable[TopicPartition]) -> None:
-        """Partitions revoked or lost: their offsets are no longer ours to commit."""
+        """Partitions revoked, lost, or assigned afresh: whatever was known of them is no longer ours."""
         gone = set(partitions)
         for batch in self._batches:
             for tp in gone & batch.next_offsets.keys():
                 del batch.next_offsets[tp]
+                batch.first_offsets.pop(tp, None)
         for tp in gone:
             self._done.pop(tp, None)
             self._confirmed.pop(tp, None)
-
-    def pending_for(self, partitions: Iterable[TopicPartition]) -> bool:
-        """True while a batch still holding any of ``partitions`` awaits acknowledgements."""
-        wanted = set(partitions)
-        return any(not b.done and wanted & b.next_offsets.keys() for b in self._batches)

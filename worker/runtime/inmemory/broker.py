@@ -53,15 +53,21 @@ class Record:
 
 @dataclass
 class DeliveryFault:
-    """The next ``count`` deliveries to ``topic`` (one partition, or all) fail with ``error``."""
+    """The next ``count`` deliveries to ``topic`` (of one partition or key, or any) fail with ``error``."""
 
     topic: str
     error: KafkaError
     count: int
     partition: int | None = None
+    key: bytes | None = None
 
-    def matches(self, topic: str, partition: int) -> bool:
-        return self.count > 0 and topic == self.topic and self.partition in (None, partition)
+    def matches(self, topic: str, partition: int, key: bytes | None) -> bool:
+        return (
+            self.count > 0
+            and topic == self.topic
+            and self.partition in (None, partition)
+            and self.key in (None, key)
+        )
 
 
 @dataclass(eq=False)
@@ -259,15 +265,21 @@ class InMemoryBroker:
     # --- faults a test injects --------------------------------------------------------------------------
 
     def fail_deliveries(
-        self, topic: str, error: KafkaError, *, count: int = 1, partition: int | None = None
+        self,
+        topic: str,
+        error: KafkaError,
+        *,
+        count: int = 1,
+        partition: int | None = None,
+        key: bytes | None = None,
     ) -> None:
-        """The next ``count`` deliveries to ``topic`` (one partition, or any) fail with ``error``."""
+        """The next ``count`` deliveries to ``topic`` (of one partition or key, or any) fail: ``error``."""
         with self.lock:
-            self.delivery_faults.append(DeliveryFault(topic, error, count, partition))
+            self.delivery_faults.append(DeliveryFault(topic, error, count, partition, key))
 
-    def delivery_fault(self, topic: str, partition: int) -> KafkaError | None:
+    def delivery_fault(self, topic: str, partition: int, key: bytes | None) -> KafkaError | None:
         for fault in self.delivery_faults:
-            if fault.matches(topic, partition):
+            if fault.matches(topic, partition, key):
                 fault.count -= 1
                 return fault.error
         return None

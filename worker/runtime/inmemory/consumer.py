@@ -1,7 +1,8 @@
 """``InMemoryConsumer``: the ``ConsumerClient`` calls over an ``InMemoryBroker``.
 
 As with librdkafka, rebalance callbacks and commit results run inside ``consume``, ``poll`` and ``close``, on
-the caller's thread; assignments are incremental (cooperative). Positions start at the group's committed
+the caller's thread, after the messages the call returns were fetched; assignments are incremental
+(cooperative). Positions start at the group's committed
 offset, else at ``auto.offset.reset`` (earliest or latest). ``read_committed`` is the only isolation level.
 """
 
@@ -62,14 +63,19 @@ class InMemoryConsumer:
     # --- fetching ---------------------------------------------------------------------------------------
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
-        self._serve()
+        # Fetched before the callbacks run, as messages already queued in librdkafka come out of the same
+        # call that serves a rebalance: a revoked partition's messages can follow its on_revoke.
         messages = self._fetch(num_messages)
-        if not messages and timeout != 0:
+        if not messages and timeout != 0 and not self._due():
             with self.broker.changed:
                 self.broker.changed.wait(None if timeout < 0 else timeout)
-            self._serve()
             messages = self._fetch(num_messages)
+        self._serve()
         return messages
+
+    def _due(self) -> bool:
+        """Callbacks or commit results are waiting to be served."""
+        return bool(self.commit_results) or (self.member is not None and bool(self.member.callbacks))
 
     def poll(self, timeout: float = -1) -> Message | None:
         messages = self.consume(1, timeout)

@@ -72,8 +72,7 @@ class InMemoryProducer:
         **_: Any,
     ) -> None:
         self._check_fenced()
-        size = len(value or b"") + len(key or b"") + sum(len(k) + len(v or b"") for k, v in headers or ())
-        if size > self.max_bytes:
+        if _size(key, value, headers) > self.max_bytes:
             raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large"))
         if len(self) >= self.max_queued:
             raise BufferError("Local: Queue full")
@@ -127,9 +126,8 @@ class InMemoryProducer:
         if out.topic not in broker.logs:
             error = KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, "Broker: Unknown topic or partition")
         else:
-            error = broker.delivery_fault(out.topic, out.partition)
-            size = len(out.value or b"") + len(out.key or b"")
-            if error is None and size > broker.max_message_bytes[out.topic]:
+            error = broker.delivery_fault(out.topic, out.partition, out.key)
+            if error is None and _size(out.key, out.value, out.headers) > broker.max_message_bytes[out.topic]:
                 error = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large")
         if error is None:
             record = Record(out.key, out.value, out.headers, broker.tick(), out.txn)
@@ -249,3 +247,8 @@ class InMemoryProducer:
         if self.txn is None:
             raise KafkaException(KafkaError(KafkaError._STATE, "no transaction in progress"))
         return self.txn
+
+
+def _size(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]] | None) -> int:
+    """A record's size as the size limits count it: key, value and headers (framing left out)."""
+    return len(value or b"") + len(key or b"") + sum(len(k) + len(v or b"") for k, v in headers or ())

@@ -1,0 +1,159 @@
+"""Workers with one fault put back on purpose: the negative controls of the loop's ordering tests.
+
+Each class undoes one fix of the delivery path, the way the code was before it or the way it could regress.
+A test run with one of them must fail (``xfail(strict=True)``): otherwise the test cannot tell the fixed
+worker from the broken one and proves nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from confluent_kafka import Message
+
+from worker.runtime.breaker import CircuitBreaker
+from worker.runtime.clients import ConsumerClient
+from worker.runtime.loop import Worker
+from worker.runtime.sink import Backlog, Sink
+
+
+class _ReportOnLastSink(Sink):
+    """Only the last output per partition carries the delivery callback (on the strength of the gapless
+    guarantee, which does not cover timeouts): a failure of any earlier output goes unnoticed."""
+
+    def resume(self, backlog: Backlog) -> Backlog | None:
+        out, in_flight = backlog.outputs, backlog.in_flight
+        last = {(t, p): i for i, (t, p) in enumerate(zip(out.topics, out.partitions, strict=True))}
+        reporting = set(last.values())
+        for i in range(backlog.next, len(out)):
+            report = in_flight.on_delivery if in_flight is not None and i in reporting else None
+            self.producer.produce(out.topics[i], out.values[i], out.keys[i], partition=out.partitions[i],
+                                  headers=out.headers[i], on_delivery=report)  # fmt: skip
+            if report is not None and in_flight is not None:
+                in_flight.outstanding += 1
+        return None
+
+
+class ReportsOnLast(Worker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sink = _ReportOnLastSink(self.settings, self.producer, self.metrics, self.pipeline.graph)
+
+
+class _SpinningSink(Sink):
+    """Serves delivery reports in a loop until the full queue has room, never returning to the loop."""
+
+    def resume(self, backlog: Backlog) -> Backlog | None:
+        while (left := super().resume(backlog)) is not None:
+            self.producer.poll(0.05)
+            backlog = left
+        return None
+
+
+class SpinsOnFullQueue(Worker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sink = _SpinningSink(self.settings, self.producer, self.metrics, self.pipeline.graph)
+
+
+class SleepsThroughRegistryOutages(Worker):
+    """Neither consumes nor polls while a batch waits for the registry: rebalances stall."""
+
+    def _intake(self) -> None:
+        if self._registry_retry_at is not None:
+            time.sleep(0.01)
+            return
+        super()._intake()
+
+
+class DrainsWhateverWaits(Worker):
+    """On SIGTERM, scores what is pending even when it waits for the registry, and stops on the error."""
+
+    def _drain(self) -> None:
+        if self.pending:
+            self._process(*self._take_pending())
+        super()._drain()
+
+
+class KeepsStaleCommitPoints(Worker):
+    """Keeps what a consume returned for partitions it revoked, and what it knew of a partition that comes
+    back: a commit point from an earlier ownership can then move the committed offset back."""
+
+    def _on_revoke(self, consumer: ConsumerClient, partitions: list[Any]) -> None:
+        super()._on_revoke(consumer, partitions)
+        self._gone.clear()
+
+    def _on_assign(self, consumer: ConsumerClient, partitions: list[Any]) -> None:
+        self.assigned.update((tp.topic, tp.partition) for tp in partitions)
+        self._publish_assignment()
+
+
+class _RememberingBreaker(CircuitBreaker):
+    def forget(self, partitions: Any) -> None:
+        """Counts survive rebalances: a partition's history on this replica follows it back."""
+
+
+class BreakerRemembersPartitions(Worker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.breaker = _RememberingBreaker(self.settings.breaker)
+
+
+class _UnforgivingBreaker(CircuitBreaker):
+    def restore(self, snapshot: Any) -> None:
+        """An aborted batch stays counted: its replay is counted again."""
+
+
+class BreakerCountsAbortsTwice(Worker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.breaker = _UnforgivingBreaker(self.settings.breaker)
+
+
+class NeverIsolates(Worker):
+    """Forgets which records the broker refused: the same batch fails the same way on every replay."""
+
+    def _segments(self, batch: list[Message]) -> list[tuple[list[Message], bool]]:
+        self.suspects.clear()
+        return [(batch, False)]
+
+
+class _NoReplacementSink(Sink):
+    def _replace_refused(self, out: Any, i: int, error: Any, in_flight: Any) -> bool:
+        """A refused output is a failure of the batch, never replaced by what fits."""
+        if in_flight is None:
+            from confluent_kafka import KafkaException
+
+            raise KafkaException(error)
+        from worker.runtime.tracker import Failure
+
+        in_flight.refused(Failure(error, out.topics[i], out.keys[i], out.values[i]))
+        return False
+
+
+class NeverTruncates(Worker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sink = _NoReplacementSink(self.settings, self.producer, self.metrics, self.pipeline.graph)
+
+
+class CommitsPastFailures(Worker):
+    """Counts a failed output as delivered."""
+
+    def _settle(self, force: bool = False) -> None:
+        for failure_batch in list(self.tracker._batches):
+            failure_batch.failures.clear()
+        super()._settle(force)
+
+
+class NamesNoCause(Worker):
+    """Reports a fencing as librdkafka's bare error."""
+
+    def _fatal_reason(self, exc: Exception) -> str:
+        return str(exc)
+
+    def _on_producer_error(self, error: Any) -> None:
+        if error.fatal():
+            self._producer_fatal = str(error)
+            self.health.set_fatal(str(error))

@@ -1,0 +1,364 @@
+"""The loop's ordering under faults, over the in-memory broker (held to the real one by tests/contract).
+
+Each test drives one fault the delivery path must survive and checks its outcome from outside the worker:
+what the broker holds, what the group committed, the worker's health and exit code. Each runs twice: with the
+worker, and with a worker that has that one fault put back (``broken_workers``), which must fail the same
+checks (strict xfail), so that a check which cannot fail is noticed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import broken_workers as broken
+import loop_world
+import pytest
+from confluent_kafka import KafkaError, TopicPartition
+from loop_world import FlakyRegistry, World, kafka_error, running, wait_until
+
+from worker.runtime.inmemory import InMemoryConsumer
+from worker.runtime.loop import Worker
+
+
+def controls(broken_type: type[Worker]) -> pytest.MarkDecorator:
+    """Run the test with the worker, and with ``broken_type``, which must fail it."""
+    negative = pytest.mark.xfail(raises=AssertionError, strict=True, reason="negative control")
+    return pytest.mark.parametrize(
+        "worker_type",
+        [Worker, pytest.param(broken_type, marks=negative)],
+        ids=["worker", broken_type.__name__],
+    )
+
+
+@pytest.fixture(autouse=True)
+def _quick_negative_controls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("worker_type", Worker) is not Worker:
+        monkeypatch.setattr(loop_world, "TIMEOUT_S", 4.0)  # a broken worker fails at its first wait
+
+
+def other_member(world: World) -> tuple[InMemoryConsumer, list[TopicPartition]]:
+    """A second member of the worker's group, made by the test; what it was assigned so far."""
+    assigned: list[TopicPartition] = []
+    other = world.broker.clients().consumer({"group.id": "g", "auto.offset.reset": "earliest"})
+    other.subscribe(["in"], on_assign=lambda _c, parts: assigned.extend(parts))
+    return other, assigned
+
+
+def first_seen_in_order(world: World) -> bool:
+    """Per score partition, the first score of each event comes in the order the events were written."""
+    seen: dict[int, list[int]] = {}
+    for partition, event_id, _ in world.scores():
+        number = int(event_id[1:])
+        if number not in seen.setdefault(partition, []):
+            seen[partition].append(number)
+    return all(numbers == sorted(numbers) for numbers in seen.values())
+
+
+# --- the delivery path ------------------------------------------------------------------------------------
+
+
+@controls(broken.ReportsOnLast)
+def test_a_timed_out_output_is_never_committed_past_and_is_produced_again(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    world = World(tmp_path, partitions=1)
+    with running(world, worker_type):
+        world.broker.fail_deliveries("scores", kafka_error(KafkaError._MSG_TIMED_OUT), count=1)
+        ids = world.produce(200)
+        wait_until(lambda: world.committed().get(0) == 200, "the commit to reach the end")
+        wait_until(lambda: set(ids) <= set(world.answered()), "every event to be answered")
+    assert world.exit_code == 0
+    # Later scores of the batch went out while the first timed out (a gap): the rewind sends them again.
+    assert max(world.answered().values()) <= 2
+
+
+@controls(broken.CommitsPastFailures)
+def test_the_commit_never_passes_an_output_that_failed(tmp_path: Path, worker_type: type[Worker]) -> None:
+    world = World(tmp_path, partitions=1)
+    with running(world, worker_type):
+        world.broker.hold("scores")
+        world.produce(50)
+        wait_until(lambda: len(world.broker.producers[-1]) == 50, "the scores to be in flight")
+        world.broker.expire_held()
+        world.broker.release()
+        samples = []
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and len(world.answered()) < 50:
+            samples.append((world.committed().get(0, 0), len(world.answered())))
+            time.sleep(0.005)
+        wait_until(lambda: len(world.answered()) == 50, "every event answered after the timeout")
+    answered_then = [(c, a) for c, a in samples if c > a]
+    assert not answered_then, f"committed past what was answered: {answered_then[:3]}"
+
+
+@controls(broken.NeverIsolates)
+def test_a_score_the_broker_rejects_is_dead_lettered_with_its_reason(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    world = World(tmp_path, partitions=1)
+    with running(world, worker_type):
+        error = kafka_error(KafkaError.MSG_SIZE_TOO_LARGE)
+        world.broker.fail_deliveries("scores", error, count=1000, key=b"e5")  # refused whenever it comes
+        with world.broker.lock:  # one batch: the refused score has neighbours on both sides
+            ids = world.produce(20)
+        wait_until(lambda: world.committed().get(0) == 20, "the commit to reach the end")
+        wait_until(lambda: set(ids) <= set(world.answered()), "every event to be answered")
+    assert world.exit_code == 0
+    dead = world.dead_letters()
+    assert [d["key"] for d in dead] == ["e5"]
+    assert dead[0]["rtml.errors.stage"] == "produce"
+    assert "MSG_SIZE_TOO_LARGE" in dead[0]["rtml.errors.exception.message"]
+    assert {event_id for _, event_id, _ in world.scores()} == set(ids) - {"e5"}
+    assert first_seen_in_order(world)
+
+
+@controls(broken.NeverTruncates)
+def test_a_dead_letter_too_large_for_the_producer_is_truncated_not_fatal(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    world = World(tmp_path, partitions=1)
+    with running(world, worker_type):
+        big = b"\xff" * 1_040_000  # under the input limit of 1 MiB, over librdkafka's message.max.bytes
+        world.broker.produce("in", big, b"big", partition=0)
+        ids = world.produce(5)
+        wait_until(lambda: world.committed().get(0) == 6, "the commit to reach the end")
+    assert world.exit_code == 0
+    dead = world.broker.visible("dlq")
+    assert len(dead) == 1
+    record = dead[0][2]
+    headers = dict(record.headers or [])
+    assert record.key == b"big" and headers["rtml.errors.value.truncated"] == b"1040000"
+    kept = record.value or b""
+    assert 900_000 < len(kept) < 1_000_000 and big.startswith(kept)  # as much as fits, cut at produce
+    assert headers["rtml.errors.offset"] == b"0"  # the original stays addressable
+    assert {event_id for _, event_id, _ in world.scores()} == set(ids)
+
+
+@controls(broken.CommitsPastFailures)
+def test_a_deleted_dead_letter_topic_holds_the_partition_not_ready_and_loses_nothing(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    world = World(tmp_path, partitions=1)
+    with running(world, worker_type):
+        ids = world.produce(5)
+        wait_until(lambda: world.committed().get(0) == 5, "the first commit")
+        world.broker.delete_topic("dlq")
+        ids += world.produce(5, bad=lambda i: i == 2)
+        wait_until(lambda: not world.health.readiness()[0], "not ready while the dead letters fail")
+        assert "dlq" in world.health.readiness()[1]
+        time.sleep(0.3)
+        assert world.committed().get(0) == 5, "nothing past the failing dead letter may be committed"
+        world.broker.create_topic("dlq", 1)
+        wait_until(lambda: world.committed().get(0) == 10, "the commit to reach the end", timeout_s=45)
+        wait_until(lambda: world.health.readiness()[0], "ready again")
+    assert world.exit_code == 0
+    assert set(ids) <= set(world.answered())
+
+
+# --- waiting without stalling the group -------------------------------------------------------------------
+
+
+@controls(broken.SleepsThroughRegistryOutages)
+def test_a_registry_outage_keeps_the_consumer_polled_and_serves_a_revoke(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    registry = FlakyRegistry()
+    registry.up = False
+    world = World(tmp_path, partitions=2, registry=registry)
+    with running(world, worker_type):
+        ids = world.produce(5, partition=0) + world.produce(5, partition=1)
+        wait_until(lambda: "registry" in world.health.readiness()[1], "not ready while the registry is down")
+        other, assigned = other_member(world)
+        wait_until(lambda: other.poll(0.01) is None and bool(assigned), "the worker to serve the revoke", 5)
+        other.close()
+        registry.up = True
+        wait_until(lambda: set(ids) <= set(world.answered()), "every event answered once the registry is up")
+    assert world.exit_code == 0
+    assert world.dead_letters() == []
+
+
+@controls(broken.DrainsWhateverWaits)
+def test_sigterm_during_a_registry_outage_exits_0_after_committing_what_was_delivered(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    registry = FlakyRegistry()
+    world = World(tmp_path, partitions=1, registry=registry, commit_interval_ms=600_000)
+    with running(world, worker_type):
+        ids = world.produce(10)
+        wait_until(lambda: set(ids) <= set(world.answered()), "the first events delivered")
+        registry.up = False
+        registry_calls = registry.calls
+        world.produce(5, schema_id=8)  # a writer schema the worker has not seen yet
+        wait_until(lambda: registry.calls > registry_calls, "the worker waiting on the registry")
+        assert world.stop() == 0
+    assert world.committed() == {0: 10}
+    assert world.dead_letters() == []
+
+
+@controls(broken.SpinsOnFullQueue)
+def test_a_full_producer_queue_keeps_the_loop_turning_with_partitions_paused(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    world = World(tmp_path, partitions=1, stall_after_s=1.0,
+                  kafka={"producer_extra": {"queue.buffering.max.messages": "50"}})  # fmt: skip
+    with running(world, worker_type):
+        world.broker.hold("scores")
+        ids = world.produce(300)
+        producer = world.broker.producers[-1]
+        wait_until(lambda: len(producer) >= 50, "the producer's queue to fill")
+        time.sleep(1.5)
+        assert world.health.liveness() == (True, "ok")
+        consumer = world.broker.clients().consumers  # the worker's consumer is the broker's only member
+        member = world.broker.group("g").members[0].consumer
+        assert member.paused == {("in", 0)}, consumer
+        world.broker.release()
+        wait_until(lambda: world.committed().get(0) == 300, "everything delivered once the queue drains")
+    assert set(ids) <= set(world.answered())
+    assert first_seen_in_order(world)
+
+
+# --- rebalances -------------------------------------------------------------------------------------------
+
+
+@controls(broken.KeepsStaleCommitPoints)
+def test_a_stale_commit_point_never_moves_the_committed_offset_back(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    world = World(tmp_path, partitions=2)  # a second member takes partition 1, then gives it back
+    samples: list[int] = []
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            samples.append(world.committed().get(1, -1))
+            time.sleep(0.002)
+
+    with running(world, worker_type):
+        world.produce(3, partition=1)
+        wait_until(lambda: world.committed().get(1) == 3, "the first commit")
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        with world.broker.lock:  # the worker's next consume fetches offset 3 and serves the revoke
+            world.produce(2, partition=1)
+            other, assigned = other_member(world)
+        wait_until(lambda: other.poll(0.01) is not None or bool(assigned), "the other member's assignment")
+        world.produce(500, partition=1)
+
+        def read_all() -> bool:
+            other.consume(1000, 0.05)
+            return bool(other.position([TopicPartition("in", 1)])[0].offset == 505)
+
+        wait_until(read_all, "the other member to read everything")
+        other.commit(offsets=[TopicPartition("in", 1, 505)], asynchronous=False)
+        other.close()
+        wait_until(lambda: world.worker is not None and len(world.worker.assigned) == 2, "partition 1 back")
+        time.sleep(0.3)
+        sampling.set()
+        sampler.join()
+    went_back = [(a, b) for a, b in itertools.pairwise(samples) if b < a]
+    assert not went_back, f"the committed offset went back: {went_back[:3]}"
+
+
+@controls(broken.BreakerRemembersPartitions)
+def test_breaker_counts_start_afresh_when_a_partition_comes_back(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    breaker = {"max_consecutive_invalid": 10, "max_invalid_ratio": 1.0, "window_records": 100_000}
+    world = World(tmp_path, partitions=2, breaker=breaker)  # a second member takes partition 1 a while
+    with running(world, worker_type):
+        world.produce(8, partition=1, bad=lambda _i: True)
+        wait_until(lambda: world.committed().get(1) == 8, "the first invalid run committed")
+        other, assigned = other_member(world)
+        wait_until(lambda: other.poll(0.01) is None and bool(assigned), "the other member's assignment")
+        other.close()
+        wait_until(lambda: world.worker is not None and len(world.worker.assigned) == 2, "partition 1 back")
+        world.produce(5, partition=1, bad=lambda _i: True)
+        wait_until(lambda: world.committed().get(1) == 13, "the second invalid run committed")
+        assert world.health.readiness() == (True, "ok")
+
+
+@controls(broken.BreakerCountsAbortsTwice)
+def test_an_aborted_batch_is_not_counted_twice_by_the_breaker(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    breaker = {"max_consecutive_invalid": 10, "max_invalid_ratio": 1.0, "window_records": 100_000}
+    world = World(tmp_path, partitions=1, breaker=breaker, delivery="exactly-once")
+    with running(world, worker_type):
+        with world.broker.lock:  # one batch, one failed commit
+            world.broker.fail_commit(kafka_error(KafkaError.INVALID_TXN_STATE))
+            world.produce(8, bad=lambda _i: True)
+        wait_until(lambda: world.committed().get(0) == 8, "the batch committed after the abort")
+        assert world.health.readiness() == (True, "ok")
+    assert len(world.dead_letters()) == 8
+
+
+# --- exactly-once -----------------------------------------------------------------------------------------
+
+
+@controls(broken.NeverIsolates)
+def test_exactly_once_isolates_a_refused_dead_letter_instead_of_aborting_forever(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    world = World(tmp_path, partitions=1, delivery="exactly-once")
+    world.broker.create_topic("dlq", 1, max_message_bytes=600)  # the garbage's envelope is ~1,200 bytes
+    with running(world, worker_type):
+        with world.broker.lock:  # one batch: the refused dead letter has neighbours on both sides
+            ids = world.produce(3)
+            world.broker.produce("in", b"\xff" * 1000, b"garbage", partition=0)
+            ids += world.produce(3)
+        wait_until(lambda: world.committed().get(0) == 7, "the batch committed")
+        assert world.health.readiness() == (True, "ok")
+    assert world.exit_code == 0
+    metrics = world.metrics.render().decode()
+    # The batch's transaction, then the record's own: after that its truncated dead letter goes.
+    assert "rtml_transaction_aborts_total 2.0" in metrics
+    dead = world.broker.visible("dlq")
+    assert [r.key for _, _, r in dead] == [b"garbage"]
+    record = dead[0][2]
+    assert record.value == b"" and dict(record.headers or [])["rtml.errors.value.truncated"] == b"1000"
+    assert {event_id for _, event_id, _ in world.scores()} == set(ids)
+
+
+@controls(broken.NamesNoCause)
+def test_a_fenced_replica_exits_non_zero_naming_the_transactional_id(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    world = World(tmp_path, partitions=1, delivery="exactly-once")
+    with running(world, worker_type):
+        world.produce(3)
+        wait_until(lambda: world.committed().get(0) == 3, "the first batch committed")
+        world.broker.clients().producer({"transactional.id": "t-0"}).init_transactions()
+        world.produce(3)
+        wait_until(lambda: not world.running, "the fenced worker to stop")
+    assert world.exit_code == 1
+    alive, reason = world.health.liveness()
+    assert not alive and "fenced" in reason and "'t-0'" in reason
+    assert world.committed().get(0) == 3
+
+
+# --- signals ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda s: s.name)
+def test_a_stop_signal_drains_commits_and_exits_0(tmp_path: Path, signum: signal.Signals) -> None:
+    child = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("signal_child.py")), str(tmp_path)],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        child.send_signal(signum)
+        out, _ = child.communicate(timeout=30)
+    finally:
+        child.kill()
+    assert child.returncode == 0, f"killed by the signal: {child.returncode}"
+    assert json.loads(out.splitlines()[-1]) == {"code": 0, "committed": {"0": 20}}
