@@ -195,8 +195,8 @@ def test_an_unreadable_config_file_and_invalid_toml(tmp_path: Path) -> None:
 )
 def test_switching_off_tls_verification_is_refused(tmp_path: Path, key: str, value: str) -> None:
     message = str(error_of(config(tmp_path, f'[kafka.extra]\n"{key}" = "{value}"')))
-    assert f"extra.{key}" in message and "TLS verification" in message
-    assert "RTML_KAFKA" in message
+    assert f"kafka.extra: {key} = {value!r} switches off TLS verification" in message
+    assert "(env RTML_KAFKA__EXTRA)" in message
 
 
 @pytest.mark.parametrize(
@@ -210,13 +210,16 @@ def test_keeping_tls_verification_on_is_allowed(tmp_path: Path, key: str, value:
 
 def test_tls_off_from_the_environment_is_refused_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RTML_KAFKA__EXTRA", json.dumps({"enable.ssl.certificate.verification": "false"}))
-    assert "TLS verification" in str(error_of(config(tmp_path)))
+    message = str(error_of(config(tmp_path)))
+    assert "kafka.extra:" in message and "TLS verification" in message and "RTML_KAFKA__EXTRA" in message
 
 
 @pytest.mark.parametrize("key", sorted(OWNED_LIBRDKAFKA))
-def test_keys_the_worker_owns_are_refused(tmp_path: Path, key: str) -> None:
-    message = str(error_of(config(tmp_path, f'[kafka.extra]\n"{key}" = "x"')))
-    assert f"extra.{key} is set by the worker itself" in message
+@pytest.mark.parametrize("table", ["extra", "consumer_extra", "producer_extra"])
+def test_keys_the_worker_owns_are_refused(tmp_path: Path, key: str, table: str) -> None:
+    message = str(error_of(config(tmp_path, f'[kafka.{table}]\n"{key}" = "x"')))
+    assert f"kafka.{table}: {key} is set by the worker itself" in message
+    assert f"(env RTML_KAFKA__{table.upper()})" in message
 
 
 def test_other_librdkafka_keys_pass_through_to_both_clients(tmp_path: Path) -> None:
@@ -228,7 +231,8 @@ def test_other_librdkafka_keys_pass_through_to_both_clients(tmp_path: Path) -> N
 def test_sasl_needs_a_mechanism(tmp_path: Path) -> None:
     base = BASE.replace('sasl_username = "svc"', 'sasl_username = "svc"\nsecurity_protocol = "SASL_SSL"')
     message = str(error_of(config(tmp_path, base=base)))
-    assert "sasl_mechanism is required with security_protocol SASL_SSL" in message
+    assert "kafka.sasl_mechanism: required with security_protocol SASL_SSL" in message
+    assert "(env RTML_KAFKA__SASL_MECHANISM)" in message
 
 
 # --- secrets ---------------------------------------------------------------------------------------------
@@ -295,7 +299,8 @@ def test_an_unreadable_secret_file_is_named_at_load(tmp_path: Path, table: str, 
     line = f'{key} = "{missing}"'
     base = BASE.replace("[kafka]", f"[kafka]\n{line}") if table == "kafka" else f"{BASE}\n[{table}]\n{line}"
     error = error_of(config(tmp_path, base=base))
-    assert f"{key}: cannot read {missing}" in str(error)
+    assert f"{table}.{key}: cannot read {missing}" in str(error)
+    assert f"(env RTML_{table.upper()}__{key.upper()})" in str(error)
 
 
 def test_registry_secrets_come_from_files(tmp_path: Path) -> None:

@@ -60,6 +60,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _Refused(ValueError):
+    """A value refused by a model's validator, naming the field it is about (dotted, below that model).
+
+    pydantic locates a model validator's error at the model itself; `_describe` appends ``field`` so the
+    message names the setting and its variable (``kafka.extra``, ``RTML_KAFKA__EXTRA``), not just the table.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def _secret(value: SecretStr | None, file: Path | None) -> str | None:
     """The secret's value, from the setting or from its file (checked readable at load)."""
     if file is not None:
@@ -70,7 +82,7 @@ def _secret(value: SecretStr | None, file: Path | None) -> str | None:
 def _check_readable(**files: Path | None) -> None:
     for name, file in files.items():
         if file is not None and not os.access(file, os.R_OK):
-            raise ValueError(f"{name}: cannot read {file}")
+            raise _Refused(name, f"cannot read {file}")
 
 
 def _split_csv(value: Any) -> Any:
@@ -106,13 +118,13 @@ class KafkaSettings(_Strict):
         for name, settings in passthrough.items():
             for key, value in settings.items():
                 if value.strip().lower() in UNSAFE_LIBRDKAFKA.get(key, ()):
-                    raise ValueError(f"{name}.{key}={value!r} switches off TLS verification; refused")
+                    raise _Refused(name, f"{key} = {value!r} switches off TLS verification; refused")
                 if key in OWNED_LIBRDKAFKA:
-                    raise ValueError(
-                        f"{name}.{key} is set by the worker itself (delivery guarantees depend on it)"
+                    raise _Refused(
+                        name, f"{key} is set by the worker itself (delivery guarantees depend on it)"
                     )
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
-            raise ValueError("sasl_mechanism is required with security_protocol " + self.security_protocol)
+            raise _Refused("sasl_mechanism", f"required with security_protocol {self.security_protocol}")
         return self
 
     def client_config(self, role: Literal["consumer", "producer"]) -> dict[str, Any]:
@@ -300,6 +312,10 @@ def load_settings(path: Path | None = None) -> Settings:
 def _describe(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in error["loc"]) or "settings"
-        lines.append(f"{where}: {error['msg']} (env RTML_{'__'.join(str(p) for p in error['loc']).upper()})")
+        loc, message = [str(p) for p in error["loc"]], error["msg"]
+        refused = error.get("ctx", {}).get("error")
+        if isinstance(refused, _Refused):
+            loc, message = [*loc, *refused.field.split(".")], str(refused)
+        where = ".".join(loc) or "settings"
+        lines.append(f"{where}: {message} (env RTML_{'__'.join(loc).upper()})")
     return "invalid settings:\n  " + "\n  ".join(lines)
