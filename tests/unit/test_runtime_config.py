@@ -228,6 +228,56 @@ def test_other_librdkafka_keys_pass_through_to_both_clients(tmp_path: Path) -> N
     assert s.producer_config()["socket.keepalive.enable"] == "true"
 
 
+TYPED_PASSTHROUGH = """
+[kafka.extra]
+"socket.keepalive.enable" = true
+
+[kafka.producer_extra]
+"linger.ms" = 20
+"batch.size" = 65536
+"sticky.partitioning.linger.ms" = 0.5
+"enable.metrics.push" = false
+
+[kafka.consumer_extra]
+"fetch.wait.max.ms" = 10
+"""
+
+
+def test_numbers_and_booleans_pass_through_as_librdkafka_reads_them(tmp_path: Path) -> None:
+    s = load_settings(config(tmp_path, TYPED_PASSTHROUGH))
+    producer, consumer = s.producer_config(), s.consumer_config()
+    assert (producer["linger.ms"], producer["batch.size"]) == ("20", "65536")
+    assert (producer["sticky.partitioning.linger.ms"], producer["enable.metrics.push"]) == ("0.5", "false")
+    assert (producer["socket.keepalive.enable"], consumer["socket.keepalive.enable"]) == ("true", "true")
+    assert consumer["fetch.wait.max.ms"] == "10"
+
+
+def test_numbers_and_booleans_from_the_environment_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    producer_extra = {"linger.ms": 20, "enable.metrics.push": False}
+    monkeypatch.setenv("RTML_KAFKA__PRODUCER_EXTRA", json.dumps(producer_extra))
+    monkeypatch.setenv("RTML_KAFKA__EXTRA", json.dumps({"socket.keepalive.enable": True}))
+    s = load_settings(config(tmp_path))
+    producer = s.producer_config()
+    assert (producer["linger.ms"], producer["enable.metrics.push"]) == ("20", "false")
+    assert s.consumer_config()["socket.keepalive.enable"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("enable.ssl.certificate.verification", "false"), ("enable.ssl.certificate.verification", "0")],
+)
+def test_tls_off_as_a_toml_boolean_or_number_is_refused(tmp_path: Path, key: str, value: str) -> None:
+    message = str(error_of(config(tmp_path, f'[kafka.consumer_extra]\n"{key}" = {value}')))
+    assert f"kafka.consumer_extra: {key} = '{value}' switches off TLS verification" in message
+
+
+def test_a_passthrough_value_that_is_not_a_scalar_names_its_key_and_variable(tmp_path: Path) -> None:
+    message = str(error_of(config(tmp_path, '[kafka.extra]\n"client.rack" = ["a", "b"]')))
+    assert "kafka.extra.client.rack: Input should be a valid string (env RTML_KAFKA__EXTRA)" in message
+
+
 def test_sasl_needs_a_mechanism(tmp_path: Path) -> None:
     base = BASE.replace('sasl_username = "svc"', 'sasl_username = "svc"\nsecurity_protocol = "SASL_SSL"')
     message = str(error_of(config(tmp_path, base=base)))

@@ -12,6 +12,7 @@ the rest of the worker only sees typed settings.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import tomllib
@@ -20,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -89,6 +91,22 @@ def _split_csv(value: Any) -> Any:
     return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
 
+def _librdkafka_string(value: Any) -> Any:
+    """A TOML or JSON scalar as librdkafka reads it; anything else is left for validation to refuse."""
+    if isinstance(value, bool):  # before int: bool is an int, and librdkafka wants "true", not "True"
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | float) else value
+
+
+def _librdkafka_strings(value: Any) -> Any:
+    return {k: _librdkafka_string(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+
+# librdkafka properties: values may be strings, numbers or booleans and are normalised to strings, so the
+# refusals below judge what librdkafka will read ("enable.ssl.certificate.verification" = false included).
+Passthrough = Annotated[dict[str, str], BeforeValidator(_librdkafka_strings)]
+
+
 class KafkaSettings(_Strict):
     bootstrap_servers: str = "127.0.0.1:9092"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -102,11 +120,11 @@ class KafkaSettings(_Strict):
     ssl_key_password: SecretStr | None = None
     ssl_key_password_file: Path | None = None
     group_protocol: Literal["classic", "consumer"] = "classic"
-    # Anything else librdkafka understands, passed through as is: to both clients (e.g.
-    # "socket.keepalive.enable"), or to one of them (e.g. "session.timeout.ms" for the consumer).
-    extra: dict[str, str] = Field(default_factory=dict)
-    consumer_extra: dict[str, str] = Field(default_factory=dict)
-    producer_extra: dict[str, str] = Field(default_factory=dict)
+    # Anything else librdkafka understands (strings, numbers or booleans): to both clients (e.g.
+    # "socket.keepalive.enable"), or to one of them (e.g. "fetch.wait.max.ms" for the consumer).
+    extra: Passthrough = Field(default_factory=dict)
+    consumer_extra: Passthrough = Field(default_factory=dict)
+    producer_extra: Passthrough = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _secrets_and_safety(self) -> KafkaSettings:
@@ -317,5 +335,7 @@ def _describe(exc: ValidationError) -> str:
         if isinstance(refused, _Refused):
             loc, message = [*loc, *refused.field.split(".")], str(refused)
         where = ".".join(loc) or "settings"
-        lines.append(f"{where}: {message} (env RTML_{'__'.join(loc).upper()})")
+        # A variable stops at the first part no variable can name: a list index, a dotted librdkafka key.
+        variable = "__".join(itertools.takewhile(str.isidentifier, loc)).upper()
+        lines.append(f"{where}: {message} (env RTML_{variable})")
     return "invalid settings:\n  " + "\n  ".join(lines)
