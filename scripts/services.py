@@ -44,7 +44,6 @@ CCOMPAT_PATH = "/apis/ccompat/v7"
 
 ROOT = Path(__file__).resolve().parent.parent / ".services"
 CACHE = ROOT / "cache"
-RUN = ROOT / "run-9092"  # one folder per stack, by its first broker port: set in main()
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 90.0
 
@@ -54,6 +53,11 @@ class Stack:
     brokers: int
     kafka_port: int
     registry_port: int
+
+    @property
+    def run(self) -> Path:
+        """This stack's runtime folder: configs, data, logs and pid files."""
+        return run_folder(self.kafka_port)
 
     @property
     def bootstrap(self) -> str:
@@ -68,6 +72,10 @@ class Stack:
             f"export KAFKA_BOOTSTRAP_SERVERS={self.bootstrap}\n"
             f"export SCHEMA_REGISTRY_URL={self.registry_url}\n"
         )
+
+
+def run_folder(kafka_port: int) -> Path:
+    return ROOT / f"run-{kafka_port}"
 
 
 def log(message: str) -> None:
@@ -131,49 +139,49 @@ KAFKA_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
 # --- processes ---------------------------------------------------------------------------------------------
 
 
-def pid_file(name: str) -> Path:
-    return RUN / f"{name}.pid"
+def pid_file(run: Path, name: str) -> Path:
+    return run / f"{name}.pid"
 
 
-def our_pid(name: str) -> int | None:
+def our_pid(run: Path, name: str) -> int | None:
     """The recorded pid of ``name`` if that process is alive and still runs from our folder."""
     try:
-        pid = int(pid_file(name).read_text())
+        pid = int(pid_file(run, name).read_text())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
     return pid if str(ROOT).encode() in cmdline else None
 
 
-def spawn(name: str, cmd: Sequence[str]) -> None:
-    with open(RUN / f"{name}.log", "ab") as out:
+def spawn(run: Path, name: str, cmd: Sequence[str]) -> None:
+    with open(run / f"{name}.log", "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=RUN)  # fmt: skip
-    pid_file(name).write_text(str(proc.pid))
+                                start_new_session=True, cwd=run)  # fmt: skip
+    pid_file(run, name).write_text(str(proc.pid))
 
 
-def stop(names: Sequence[str], grace_s: float = 10.0) -> None:
+def stop(run: Path, names: Sequence[str], grace_s: float = 10.0) -> None:
     """SIGTERM all at once (a broker waits for its quorum), then SIGKILL what is left after the grace."""
     for name in names:
-        if (pid := our_pid(name)) is not None:
+        if (pid := our_pid(run, name)) is not None:
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while any(our_pid(n) is not None for n in names) and time.monotonic() < deadline:
+    while any(our_pid(run, n) is not None for n in names) and time.monotonic() < deadline:
         time.sleep(0.1)
     for name in names:
-        if (pid := our_pid(name)) is not None:
+        if (pid := our_pid(run, name)) is not None:
             os.kill(pid, signal.SIGKILL)
-            while our_pid(name) is not None:
+            while our_pid(run, name) is not None:
                 time.sleep(0.05)
-        pid_file(name).unlink(missing_ok=True)
+        pid_file(run, name).unlink(missing_ok=True)
 
 
 def process_names(brokers: int) -> list[str]:
     return [*(f"kafka-{i}" for i in range(brokers)), "registry"]
 
 
-def recorded_names() -> list[str]:
-    return sorted(p.stem for p in RUN.glob("*.pid")) if RUN.exists() else []
+def recorded_names(run: Path) -> list[str]:
+    return sorted(p.stem for p in run.glob("*.pid")) if run.exists() else []
 
 
 # --- kafka ----------------------------------------------------------------------------------------------
@@ -220,7 +228,7 @@ def broker_properties(stack: Stack, i: int) -> str:
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=PLAINTEXT",
         "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-        f"log.dirs={RUN / f'kafka-{i}' / 'data'}",
+        f"log.dirs={stack.run / f'kafka-{i}' / 'data'}",
         "num.partitions=1",
         f"default.replication.factor={replicas}",
         f"offsets.topic.replication.factor={replicas}",
@@ -242,9 +250,9 @@ def start_kafka(stack: Stack) -> None:
     classpath = f"{libs}/*"
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     jvm = [java(), "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-           f"-Dlog4j2.configurationFile={write_log4j()}", "-cp", classpath]  # fmt: skip
+           f"-Dlog4j2.configurationFile={write_log4j(stack.run)}", "-cp", classpath]  # fmt: skip
     for i in range(stack.brokers):
-        folder = RUN / f"kafka-{i}"
+        folder = stack.run / f"kafka-{i}"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         props = folder / "server.properties"
@@ -253,11 +261,11 @@ def start_kafka(stack: Stack) -> None:
                              capture_output=True, text=True, check=False)  # fmt: skip
         if fmt.returncode != 0:
             sys.exit(f"services: formatting kafka-{i} storage failed:\n{fmt.stdout}{fmt.stderr}")
-        spawn(f"kafka-{i}", [*jvm, "kafka.Kafka", str(props)])
+        spawn(stack.run, f"kafka-{i}", [*jvm, "kafka.Kafka", str(props)])
 
 
-def write_log4j() -> Path:
-    path = RUN / "log4j2.properties"
+def write_log4j(run: Path) -> Path:
+    path = run / "log4j2.properties"
     path.write_text(
         "rootLogger.level=WARN\nrootLogger.appenderRef.stdout.ref=STDOUT\n"
         "appender.stdout.type=Console\nappender.stdout.name=STDOUT\n"
@@ -288,13 +296,13 @@ _quiet.disabled = True
 def start_registry(stack: Stack) -> None:
     binary, version = registry_runtime()
     jar = apicurio_app(version)
-    spawn("registry", [
+    spawn(stack.run, "registry", [
         binary, "-Xms128m", "-Xmx512m",
         f"-Dquarkus.http.port={stack.registry_port}", f"-Dquarkus.http.host={HOST}",
         "-Dapicurio.storage.kind=sql", "-Dapicurio.storage.sql.kind=h2",
         "-Dapicurio.datasource.url=jdbc:h2:mem:registry", "-Dapicurio.rest.deletion.artifact.enabled=true",
         "-Dapicurio.rest.deletion.artifact-version.enabled=true", "-Dquarkus.log.level=WARN",
-        "-Dquarkus.analytics.disabled=true", f"-Dapicurio.root.dir={RUN}",
+        "-Dquarkus.analytics.disabled=true", f"-Dapicurio.root.dir={stack.run}",
         f"-Dquarkus.management.port={stack.registry_port + 1}", f"-Dquarkus.management.host={HOST}",
         "-jar", str(jar),
     ])  # fmt: skip
@@ -312,7 +320,7 @@ def registry_ready(stack: Stack, timeout: float = 2.0) -> bool:
 
 
 def healthy(stack: Stack) -> bool:
-    alive = all(our_pid(name) is not None for name in process_names(stack.brokers))
+    alive = all(our_pid(stack.run, name) is not None for name in process_names(stack.brokers))
     return alive and registry_ready(stack) and kafka_ready(stack)
 
 
@@ -323,24 +331,26 @@ def wait_until_ready(stack: Stack) -> None:
         for name, ready in list(waiting.items()):
             if ready():
                 del waiting[name]
-        dead = [n for n in process_names(stack.brokers) if our_pid(n) is None]
+        dead = [n for n in process_names(stack.brokers) if our_pid(stack.run, n) is None]
         if dead:
-            sys.exit(f"services: {', '.join(dead)} exited at start; see {RUN}/<name>.log")
+            sys.exit(f"services: {', '.join(dead)} exited at start; see {stack.run}/<name>.log")
         if waiting and time.monotonic() > deadline:
-            sys.exit(f"services: {', '.join(waiting)} not ready after {START_TIMEOUT_S:.0f}s; logs in {RUN}")
+            sys.exit(
+                f"services: {', '.join(waiting)} not ready after {START_TIMEOUT_S:.0f}s; logs in {stack.run}"
+            )
         if waiting:
             time.sleep(0.3)
 
 
 def up(stack: Stack) -> bool:
     """Start the stack, or reuse it when healthy. Returns True when this call started it."""
-    RUN.mkdir(parents=True, exist_ok=True)
-    if healthy(stack) and set(recorded_names()) == set(process_names(stack.brokers)):
+    stack.run.mkdir(parents=True, exist_ok=True)
+    if healthy(stack) and set(recorded_names(stack.run)) == set(process_names(stack.brokers)):
         log(f"reusing the running stack ({stack.bootstrap}, {stack.registry_url})")
         return False
-    if recorded_names():
+    if recorded_names(stack.run):
         log("a previous stack is half-dead or differently shaped: restarting it")
-        down()
+        down(stack.run)
     kafka_libs(), apicurio_app(registry_runtime()[1])  # resolve both before starting either
     started = time.monotonic()
     try:
@@ -348,15 +358,15 @@ def up(stack: Stack) -> bool:
         start_registry(stack)
         wait_until_ready(stack)
     except BaseException:
-        down()  # a failed start leaves nothing running
+        down(stack.run)  # a failed start leaves nothing running
         raise
     log(f"ready in {time.monotonic() - started:.1f}s: kafka {stack.bootstrap}, registry {stack.registry_url}")
     return True
 
 
-def down() -> None:
-    stop(recorded_names())
-    for folder in RUN.glob("kafka-*"):
+def down(run: Path) -> None:
+    stop(run, recorded_names(run))
+    for folder in run.glob("kafka-*"):
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -371,7 +381,7 @@ def run(stack: Stack, cmd: Sequence[str]) -> int:
         return subprocess.call(list(cmd), env=env)
     finally:
         if started:
-            down()
+            down(stack.run)
 
 
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -393,15 +403,13 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: Sequence[str]) -> int:
-    global RUN  # noqa: PLW0603 - every helper below works on the stack that main() chose
     args, rest = parse(argv)
     stack = Stack(args.brokers, args.kafka_port, args.registry_port)
-    RUN = ROOT / f"run-{stack.kafka_port}"
     if args.command == "up":
         up(stack)
         print(stack.env_lines(), end="")
     elif args.command == "down":
-        down()
+        down(stack.run)
         log("stopped")
     elif args.command == "status":
         ok = healthy(stack)
