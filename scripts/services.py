@@ -245,10 +245,24 @@ def broker_properties(stack: Stack, i: int) -> str:
     ])  # fmt: skip
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (16 bytes, base64url) that does not start with '-', as Kafka's own
+    Uuid.randomUuid() avoids: about 1 in 64 would, and command-line tools read it as an option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+def format_command(jvm: Sequence[str], cluster_id: str, props: Path) -> list[str]:
+    # The joined `--cluster-id=ID` form: StorageTool's parser rejects `-t -ID` ("expected one argument").
+    return [*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props)]
+
+
 def start_kafka(stack: Stack) -> None:
     libs = kafka_libs()
     classpath = f"{libs}/*"
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = new_cluster_id()
     jvm = [java(), "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
            f"-Dlog4j2.configurationFile={write_log4j(stack.run)}", "-cp", classpath]  # fmt: skip
     for i in range(stack.brokers):
@@ -257,8 +271,9 @@ def start_kafka(stack: Stack) -> None:
         folder.mkdir(parents=True)
         props = folder / "server.properties"
         props.write_text(broker_properties(stack, i))
-        fmt = subprocess.run([*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
-                             capture_output=True, text=True, check=False)  # fmt: skip
+        fmt = subprocess.run(
+            format_command(jvm, cluster_id, props), capture_output=True, text=True, check=False
+        )
         if fmt.returncode != 0:
             sys.exit(f"services: formatting kafka-{i} storage failed:\n{fmt.stdout}{fmt.stderr}")
         spawn(stack.run, f"kafka-{i}", [*jvm, "kafka.Kafka", str(props)])

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
+import re
 import sys
+import uuid
 from pathlib import Path
 from types import ModuleType
 
@@ -52,3 +55,22 @@ def test_env_lines_are_sourceable(services: ModuleType) -> None:
         "export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092",
         "export SCHEMA_REGISTRY_URL=http://127.0.0.1:8081/apis/ccompat/v7",
     ]
+
+
+def test_cluster_id_never_reads_as_an_option(services: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A first byte of 0xF8 encodes to a leading '-', which StorageTool's `-t` took for an option.
+    dashed = uuid.UUID(bytes=b"\xf8" + bytes(15))
+    plain = uuid.UUID(bytes=b"\x12" + bytes(15))
+    drawn = iter([dashed, plain])
+    monkeypatch.setattr(services.uuid, "uuid4", lambda: next(drawn))
+    cluster_id = services.new_cluster_id()
+    assert not cluster_id.startswith("-")
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", cluster_id)
+    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def test_format_command_joins_the_cluster_id_to_its_option(services: ModuleType) -> None:
+    # Even an id with a leading '-' must reach StorageTool as the option's value, not as an option.
+    argv = services.format_command(["java"], "-DomHG-lSV2BuMMkhyVlnQ", Path("/x/server.properties"))
+    assert "--cluster-id=-DomHG-lSV2BuMMkhyVlnQ" in argv
+    assert "-DomHG-lSV2BuMMkhyVlnQ" not in argv
