@@ -400,6 +400,62 @@ def test_the_kip848_protocol_leaves_the_assignment_to_the_broker(tmp_path: Path)
     assert consumer["enable.auto.commit"] is False
 
 
+# --- group membership ------------------------------------------------------------------------------------
+
+
+def test_group_defaults_fail_over_within_seconds(tmp_path: Path) -> None:
+    s = with_kafka(tmp_path)
+    consumer = s.consumer_config()
+    assert (consumer["session.timeout.ms"], consumer["heartbeat.interval.ms"]) == (10_000, 1_000)
+    assert consumer["max.poll.interval.ms"] == 300_000
+    assert "group.instance.id" not in consumer
+    assert s.kafka.startup_timeout_s == 30
+    assert "session.timeout.ms" not in s.producer_config()
+
+
+def test_group_settings_from_the_file_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RTML_KAFKA__GROUP_INSTANCE_ID", "scorer-2")
+    monkeypatch.setenv("RTML_KAFKA__SESSION_TIMEOUT_MS", "60000")
+    s = with_kafka(tmp_path, heartbeat_interval_ms=3000, max_poll_interval_ms=120_000, startup_timeout_s=5)
+    consumer = s.consumer_config()
+    assert (consumer["session.timeout.ms"], consumer["heartbeat.interval.ms"]) == (60_000, 3_000)
+    assert (consumer["max.poll.interval.ms"], consumer["group.instance.id"]) == (120_000, "scorer-2")
+    assert s.kafka.startup_timeout_s == 5
+
+
+@pytest.mark.parametrize(("session", "heartbeat"), [(10_000, 4_000), (3_000, 1_000), (1_000, 1_000)])
+def test_a_heartbeat_not_below_a_third_of_the_session_is_refused(
+    tmp_path: Path, session: int, heartbeat: int
+) -> None:
+    values = f"session_timeout_ms = {session}\nheartbeat_interval_ms = {heartbeat}"
+    message = str(error_of(config(tmp_path, base=BASE.replace("[kafka]", f"[kafka]\n{values}"))))
+    assert f"kafka.heartbeat_interval_ms: {heartbeat} must be below a third of" in message
+    assert "(env RTML_KAFKA__HEARTBEAT_INTERVAL_MS)" in message
+
+
+def test_a_max_poll_interval_below_the_session_timeout_is_refused(tmp_path: Path) -> None:
+    values = "session_timeout_ms = 30000\nmax_poll_interval_ms = 20000"
+    message = str(error_of(config(tmp_path, base=BASE.replace("[kafka]", f"[kafka]\n{values}"))))
+    assert "kafka.max_poll_interval_ms: 20000 must be at least kafka.session_timeout_ms" in message
+    assert "(env RTML_KAFKA__MAX_POLL_INTERVAL_MS)" in message
+
+
+def test_the_kip848_protocol_leaves_session_and_heartbeat_to_the_broker(tmp_path: Path) -> None:
+    consumer = with_kafka(tmp_path, group_protocol="consumer", group_instance_id="scorer-0").consumer_config()
+    assert "session.timeout.ms" not in consumer and "heartbeat.interval.ms" not in consumer
+    assert (consumer["max.poll.interval.ms"], consumer["group.instance.id"]) == (300_000, "scorer-0")
+
+
+@pytest.mark.parametrize("field", ["session_timeout_ms", "heartbeat_interval_ms"])
+def test_a_client_session_setting_with_the_kip848_protocol_is_refused(tmp_path: Path, field: str) -> None:
+    message = str(error_of(config(tmp_path, base=BASE.replace(
+        "[kafka]", f'[kafka]\ngroup_protocol = "consumer"\n{field} = 50000'))))  # fmt: skip
+    assert f"kafka.{field}: a broker-side group setting with group_protocol" in message
+    assert f"(env RTML_KAFKA__{field.upper()})" in message
+
+
 def test_the_producer_is_idempotent_and_not_transactional_by_default(tmp_path: Path) -> None:
     producer = with_kafka(tmp_path).producer_config()
     assert producer["enable.idempotence"] is True and producer["acks"] == "all"

@@ -91,6 +91,11 @@ def _split_csv(value: Any) -> Any:
     return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
 
+def _dotted(field: str) -> str:
+    """A setting's librdkafka name: ``session_timeout_ms`` -> ``session.timeout.ms``."""
+    return field.replace("_", ".")
+
+
 def _librdkafka_string(value: Any) -> Any:
     """A TOML or JSON scalar as librdkafka reads it; anything else is left for validation to refuse."""
     if isinstance(value, bool):  # before int: bool is an int, and librdkafka wants "true", not "True"
@@ -119,7 +124,27 @@ class KafkaSettings(_Strict):
     ssl_key_location: Path | None = None
     ssl_key_password: SecretStr | None = None
     ssl_key_password_file: Path | None = None
+    # Group membership. "classic" (cooperative-sticky) stays the default: failover time is then the client's
+    # session_timeout_ms, which any broker lets us lower (group.min.session.timeout.ms, default 6 s). With
+    # "consumer" (KIP-848, Kafka >= 4.0) it is the broker's group.consumer.session.timeout.ms, default 45 s
+    # with a broker minimum (group.consumer.min.session.timeout.ms) of 45 s: a killed replica's partitions
+    # wait ~45 s unless the broker's minimum and the group's consumer.session.timeout.ms are lowered.
     group_protocol: Literal["classic", "consumer"] = "classic"
+    # Classic protocol only (librdkafka refuses both with "consumer", where the broker sets them): how long a
+    # silent member keeps its partitions (a SIGKILLed replica's wait 10 s, not the 45 s default), and how
+    # often it says it is alive (below a third of the session timeout, so one lost heartbeat is not fatal).
+    session_timeout_ms: int = Field(10_000, ge=1, le=3_600_000)
+    heartbeat_interval_ms: int = Field(1_000, ge=1, le=3_600_000)
+    # A member that does not poll for this long is dropped. The loop polls every turn, even when paused or
+    # draining, so this only catches a wedged process (which /healthz reports sooner: stall_after_s).
+    max_poll_interval_ms: int = Field(300_000, ge=1, le=86_400_000)
+    # Static membership (unique per replica, stable across its restarts, e.g. the StatefulSet pod name): a
+    # replica back within session_timeout_ms gets its partitions back without a rebalance. Pair it with a
+    # longer session timeout (e.g. 60 s): a static member does not leave the group on close, so a stopped or
+    # killed one's partitions wait for the session timeout.
+    group_instance_id: str | None = Field(None, min_length=1)
+    # How long `run` waits at start for the broker to answer before failing (naming bootstrap_servers).
+    startup_timeout_s: float = Field(30.0, gt=0)
     # Anything else librdkafka understands (strings, numbers or booleans): to both clients (e.g.
     # "socket.keepalive.enable"), or to one of them (e.g. "fetch.wait.max.ms" for the consumer).
     extra: Passthrough = Field(default_factory=dict)
@@ -144,6 +169,36 @@ class KafkaSettings(_Strict):
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
             raise _Refused("sasl_mechanism", f"required with security_protocol {self.security_protocol}")
         return self
+
+    @model_validator(mode="after")
+    def _group_timing(self) -> KafkaSettings:
+        if self.group_protocol == "consumer":
+            self._no_client_session()
+            return self
+        session, heartbeat = self.session_timeout_ms, self.heartbeat_interval_ms
+        if heartbeat * 3 >= session:
+            limit = f"a third of kafka.session_timeout_ms ({session})"
+            raise _Refused("heartbeat_interval_ms", f"{heartbeat} must be below {limit}")
+        if self.max_poll_interval_ms < session:  # librdkafka refuses it when it creates the consumer
+            limit = f"kafka.session_timeout_ms ({session})"
+            raise _Refused("max_poll_interval_ms", f"{self.max_poll_interval_ms} must be at least {limit}")
+        return self
+
+    def _no_client_session(self) -> None:
+        """KIP-848: a session setting given here would be silently ignored; refuse it instead."""
+        for name in sorted({"session_timeout_ms", "heartbeat_interval_ms"} & self.model_fields_set):
+            where = f"the broker's group.consumer.{_dotted(name)}"
+            raise _Refused(name, f'a broker-side group setting with group_protocol "consumer" ({where})')
+
+    def group_config(self) -> dict[str, Any]:
+        """The consumer's group membership properties (the session ones only where the client sets them)."""
+        config: dict[str, Any] = {"max.poll.interval.ms": self.max_poll_interval_ms}
+        if self.group_protocol == "classic":
+            config.update({"session.timeout.ms": self.session_timeout_ms,
+                           "heartbeat.interval.ms": self.heartbeat_interval_ms})  # fmt: skip
+        if self.group_instance_id is not None:
+            config["group.instance.id"] = self.group_instance_id
+        return config
 
     def client_config(self, role: Literal["consumer", "producer"]) -> dict[str, Any]:
         config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers,
@@ -285,6 +340,7 @@ class Settings(BaseSettings):
             "isolation.level": "read_committed",
             "enable.partition.eof": False,
         })  # fmt: skip
+        config.update(self.kafka.group_config())
         if self.kafka.group_protocol == "consumer":
             config["group.protocol"] = "consumer"  # KIP-848: the broker assigns; no client-side strategy
         else:
