@@ -12,6 +12,10 @@ stopped by the pid we recorded, after checking its command line is still ours.
 Ports: broker i listens on KAFKA_PORT + i and its controller on KAFKA_PORT + 100 + i; the registry on
 REGISTRY_PORT and its management interface on REGISTRY_PORT + 1. Set them with --kafka-port /
 --registry-port or RTML_KAFKA_PORT / RTML_REGISTRY_PORT.
+Each broker also has a PROXIED listener for fault-injection tests: it binds KAFKA_PORT + 200 + i but
+advertises KAFKA_PORT + 300 + i, where nothing listens until a test starts a proxy forwarding +300 -> +200
+(tests/chaos/faultproxy.py). A client bootstrapped at ``Stack.proxied_bootstrap`` is then told the proxy
+ports in its metadata, so all its traffic crosses the proxy; clients of the main listener are unaffected.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ ROOT = Path(__file__).resolve().parent.parent / ".services"
 CACHE = ROOT / "cache"
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 90.0
+CONTROLLER_OFFSET = 100  # broker i's ports, from KAFKA_PORT + i: see the module docstring
+PROXIED_OFFSET = 200
+PROXY_OFFSET = 300
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,18 @@ class Stack:
     @property
     def bootstrap(self) -> str:
         return ",".join(f"{HOST}:{self.kafka_port + i}" for i in range(self.brokers))
+
+    @property
+    def proxied_bootstrap(self) -> str:
+        """The PROXIED listeners' advertised addresses: reachable only through a running fault proxy."""
+        return ",".join(f"{HOST}:{listen}" for listen, _ in self.proxy_routes())
+
+    def proxy_routes(self) -> list[tuple[int, int]]:
+        """(port a fault proxy listens on, PROXIED listener port it forwards to), one pair per broker."""
+        return [
+            (self.kafka_port + PROXY_OFFSET + i, self.kafka_port + PROXIED_OFFSET + i)
+            for i in range(self.brokers)
+        ]
 
     @property
     def registry_url(self) -> str:
@@ -216,18 +235,21 @@ def registry_runtime() -> tuple[str, str]:
 
 
 def broker_properties(stack: Stack, i: int) -> str:
-    voters = ",".join(f"{n + 1}@{HOST}:{stack.kafka_port + 100 + n}" for n in range(stack.brokers))
+    voters = ",".join(
+        f"{n + 1}@{HOST}:{stack.kafka_port + CONTROLLER_OFFSET + n}" for n in range(stack.brokers)
+    )
     replicas = min(3, stack.brokers)
-    controller = stack.kafka_port + 100 + i
+    port = stack.kafka_port + i
+    controller, proxied, proxy = port + CONTROLLER_OFFSET, port + PROXIED_OFFSET, port + PROXY_OFFSET
     return "\n".join([
         "process.roles=broker,controller",
         f"node.id={i + 1}",
         f"controller.quorum.voters={voters}",
-        f"listeners=PLAINTEXT://{HOST}:{stack.kafka_port + i},CONTROLLER://{HOST}:{controller}",
-        f"advertised.listeners=PLAINTEXT://{HOST}:{stack.kafka_port + i}",
+        f"listeners=PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller},PROXIED://{HOST}:{proxied}",
+        f"advertised.listeners=PLAINTEXT://{HOST}:{port},PROXIED://{HOST}:{proxy}",
         "controller.listener.names=CONTROLLER",
         "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,PROXIED:PLAINTEXT",
         f"log.dirs={stack.run / f'kafka-{i}' / 'data'}",
         "num.partitions=1",
         f"default.replication.factor={replicas}",

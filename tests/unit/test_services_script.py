@@ -46,7 +46,36 @@ def test_single_broker_uses_replication_one(services: ModuleType) -> None:
     stack = services.Stack(brokers=1, kafka_port=9092, registry_port=8081)
     config = props(services.broker_properties(stack, 0))
     assert config["offsets.topic.replication.factor"] == "1"
-    assert config["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9092"
+    assert config["advertised.listeners"].split(",")[0] == "PLAINTEXT://127.0.0.1:9092"
+
+
+def test_each_broker_binds_a_proxied_listener_and_advertises_the_proxy_port(services: ModuleType) -> None:
+    stack = services.Stack(brokers=3, kafka_port=19092, registry_port=18081)
+    configs = [props(services.broker_properties(stack, i)) for i in range(3)]
+    assert [c["listeners"].split(",") for c in configs] == [
+        [
+            f"PLAINTEXT://127.0.0.1:{19092 + i}",
+            f"CONTROLLER://127.0.0.1:{19192 + i}",
+            f"PROXIED://127.0.0.1:{19292 + i}",
+        ]
+        for i in range(3)
+    ]
+    assert [c["advertised.listeners"] for c in configs] == [
+        f"PLAINTEXT://127.0.0.1:{19092 + i},PROXIED://127.0.0.1:{19392 + i}" for i in range(3)
+    ]
+    protocols = dict(pair.split(":") for pair in configs[0]["listener.security.protocol.map"].split(","))
+    assert protocols == {"PLAINTEXT": "PLAINTEXT", "CONTROLLER": "PLAINTEXT", "PROXIED": "PLAINTEXT"}
+    assert all(c["inter.broker.listener.name"] == "PLAINTEXT" for c in configs)
+    assert all(c["controller.listener.names"] == "CONTROLLER" for c in configs)
+
+
+def test_proxied_bootstrap_names_the_proxy_ports_and_routes_them_to_the_listeners(
+    services: ModuleType,
+) -> None:
+    stack = services.Stack(brokers=3, kafka_port=19092, registry_port=18081)
+    assert stack.proxied_bootstrap == "127.0.0.1:19392,127.0.0.1:19393,127.0.0.1:19394"
+    assert stack.proxy_routes() == [(19392, 19292), (19393, 19293), (19394, 19294)]
+    assert services.Stack(1, 9092, 8081).proxied_bootstrap == "127.0.0.1:9392"
 
 
 def test_env_lines_are_sourceable(services: ModuleType) -> None:
