@@ -253,6 +253,8 @@ def broker_properties(stack: Stack, i: int) -> str:
         f"log.dirs={stack.run / f'kafka-{i}' / 'data'}",
         "num.partitions=1",
         f"default.replication.factor={replicas}",
+        # RF 3 with min ISR 2 survives one lost broker without acknowledging a write held by one replica.
+        f"min.insync.replicas={2 if stack.brokers >= 3 else 1}",
         f"offsets.topic.replication.factor={replicas}",
         f"transaction.state.log.replication.factor={replicas}",
         f"transaction.state.log.min.isr={max(1, replicas - 1)}",

@@ -39,6 +39,7 @@ def test_three_broker_cluster_has_distinct_nodes_ports_and_replication_three(ser
     }
     assert all(c["default.replication.factor"] == "3" for c in configs)
     assert all(c["transaction.state.log.min.isr"] == "2" for c in configs)
+    assert all(c["min.insync.replicas"] == "2" for c in configs)
     assert stack.bootstrap == "127.0.0.1:19092,127.0.0.1:19093,127.0.0.1:19094"
 
 
@@ -46,7 +47,13 @@ def test_single_broker_uses_replication_one(services: ModuleType) -> None:
     stack = services.Stack(brokers=1, kafka_port=9092, registry_port=8081)
     config = props(services.broker_properties(stack, 0))
     assert config["offsets.topic.replication.factor"] == "1"
+    assert config["min.insync.replicas"] == "1"
     assert config["advertised.listeners"].split(",")[0] == "PLAINTEXT://127.0.0.1:9092"
+
+
+def test_two_brokers_keep_min_insync_replicas_one(services: ModuleType) -> None:
+    stack = services.Stack(brokers=2, kafka_port=19092, registry_port=18081)
+    assert props(services.broker_properties(stack, 0))["min.insync.replicas"] == "1"
 
 
 def test_each_broker_binds_a_proxied_listener_and_advertises_the_proxy_port(services: ModuleType) -> None:
