@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from worker.errors import ConfigError
-from worker.runtime.config import OWNED_LIBRDKAFKA, Settings, load_settings
+from worker.runtime.config import OWNED_LIBRDKAFKA, TYPED_LIBRDKAFKA, Settings, load_settings
 
 SECRET = "s3cr3t-Pa55-from-a-file"
 BASE = """
@@ -220,6 +220,38 @@ def test_keys_the_worker_owns_are_refused(tmp_path: Path, key: str, table: str) 
     message = str(error_of(config(tmp_path, f'[kafka.{table}]\n"{key}" = "x"')))
     assert f"kafka.{table}: {key} is set by the worker itself" in message
     assert f"(env RTML_KAFKA__{table.upper()})" in message
+
+
+def test_a_passthrough_cannot_downgrade_the_typed_security_protocol(tmp_path: Path) -> None:
+    base = sasl(tmp_path, 'sasl_password = "pw"')  # security_protocol = "SASL_SSL"
+    extra = '[kafka.extra]\n"security.protocol" = "SASL_PLAINTEXT"'
+    message = str(error_of(config(tmp_path, extra, base=base)))
+    assert "kafka.extra: security.protocol is the typed setting kafka.security_protocol" in message
+    assert "RTML_KAFKA__SECURITY_PROTOCOL" in message and "(env RTML_KAFKA__EXTRA)" in message
+
+
+@pytest.mark.parametrize(("key", "field"), sorted(TYPED_LIBRDKAFKA.items()))
+@pytest.mark.parametrize("table", ["extra", "consumer_extra", "producer_extra"])
+def test_keys_of_typed_settings_are_refused_naming_the_setting(
+    tmp_path: Path, key: str, field: str, table: str
+) -> None:
+    message = str(error_of(config(tmp_path, f'[kafka.{table}]\n"{key}" = "x"')))
+    assert f"kafka.{table}: {key} is the typed setting kafka.{field}" in message
+    assert f"(env RTML_KAFKA__{field.upper()})" in message and f"(env RTML_KAFKA__{table.upper()})" in message
+
+
+def test_typed_keys_include_the_ones_the_brief_names_and_librdkafka_aliases() -> None:
+    named = {"bootstrap.servers", "security.protocol", "sasl.mechanism", "sasl.mechanisms", "sasl.username",
+             "sasl.password", "ssl.ca.location", "ssl.certificate.location", "ssl.key.location",
+             "ssl.key.password", "session.timeout.ms", "heartbeat.interval.ms", "max.poll.interval.ms",
+             "group.instance.id", "group.protocol", "metadata.broker.list"}  # fmt: skip
+    assert named <= set(TYPED_LIBRDKAFKA)
+    assert {"acks", "request.required.acks"} <= OWNED_LIBRDKAFKA  # librdkafka's name for acks
+
+
+def test_a_typed_key_in_other_case_or_spacing_is_refused_too(tmp_path: Path) -> None:
+    message = str(error_of(config(tmp_path, '[kafka.extra]\n" Security.Protocol" = "PLAINTEXT"')))
+    assert "is the typed setting kafka.security_protocol" in message
 
 
 def test_other_librdkafka_keys_pass_through_to_both_clients(tmp_path: Path) -> None:

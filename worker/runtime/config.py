@@ -52,9 +52,31 @@ OWNED_LIBRDKAFKA = {
     "transactional.id",
     "enable.idempotence",
     "acks",
+    "request.required.acks",  # librdkafka's own name for acks
     "isolation.level",
     "partition.assignment.strategy",
     "enable.gapless.guarantee",
+}
+# Keys a typed setting sets, with that setting: a passthrough would silently override it (security_protocol
+# "SASL_SSL" with extra "security.protocol" = "SASL_PLAINTEXT" sent the password in clear). librdkafka's
+# aliases included: metadata.broker.list is bootstrap.servers, sasl.mechanisms is sasl.mechanism.
+TYPED_LIBRDKAFKA = {
+    "bootstrap.servers": "bootstrap_servers",
+    "metadata.broker.list": "bootstrap_servers",
+    "security.protocol": "security_protocol",
+    "sasl.mechanism": "sasl_mechanism",
+    "sasl.mechanisms": "sasl_mechanism",
+    "sasl.username": "sasl_username",
+    "sasl.password": "sasl_password",
+    "ssl.ca.location": "ssl_ca_location",
+    "ssl.certificate.location": "ssl_certificate_location",
+    "ssl.key.location": "ssl_key_location",
+    "ssl.key.password": "ssl_key_password",
+    "group.protocol": "group_protocol",
+    "session.timeout.ms": "session_timeout_ms",
+    "heartbeat.interval.ms": "heartbeat_interval_ms",
+    "max.poll.interval.ms": "max_poll_interval_ms",
+    "group.instance.id": "group_instance_id",
 }
 
 
@@ -89,6 +111,19 @@ def _check_readable(**files: Path | None) -> None:
 
 def _split_csv(value: Any) -> Any:
     return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+
+def _check_passthrough(table: str, key: str, value: str) -> None:
+    """Refuse one ``kafka.<table>`` property that would weaken security or override the worker."""
+    if value.strip().lower() in UNSAFE_LIBRDKAFKA.get(key, ()):
+        raise _Refused(table, f"{key} = {value!r} switches off TLS verification; refused")
+    if key in OWNED_LIBRDKAFKA:
+        raise _Refused(table, f"{key} is set by the worker itself (delivery guarantees depend on it)")
+    if key in TYPED_LIBRDKAFKA:
+        field = TYPED_LIBRDKAFKA[key]
+        raise _Refused(
+            table, f"{key} is the typed setting kafka.{field} (env RTML_KAFKA__{field.upper()}): set it there"
+        )
 
 
 def _dotted(field: str) -> str:
@@ -158,14 +193,9 @@ class KafkaSettings(_Strict):
         )
         passthrough = {"extra": self.extra, "consumer_extra": self.consumer_extra,
                        "producer_extra": self.producer_extra}  # fmt: skip
-        for name, settings in passthrough.items():
-            for key, value in settings.items():
-                if value.strip().lower() in UNSAFE_LIBRDKAFKA.get(key, ()):
-                    raise _Refused(name, f"{key} = {value!r} switches off TLS verification; refused")
-                if key in OWNED_LIBRDKAFKA:
-                    raise _Refused(
-                        name, f"{key} is set by the worker itself (delivery guarantees depend on it)"
-                    )
+        for name, properties in passthrough.items():
+            for key, value in properties.items():
+                _check_passthrough(name, key.strip().lower(), value)
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
             raise _Refused("sasl_mechanism", f"required with security_protocol {self.security_protocol}")
         return self
