@@ -254,6 +254,30 @@ def test_a_typed_key_in_other_case_or_spacing_is_refused_too(tmp_path: Path) -> 
     assert "is the typed setting kafka.security_protocol" in message
 
 
+NATIVE_CODE = ["plugin.library.paths", "ssl.engine.location", "ssl.providers", "sasl.kerberos.kinit.cmd"]
+
+
+@pytest.mark.parametrize("key", NATIVE_CODE)
+@pytest.mark.parametrize("table", ["extra", "consumer_extra", "producer_extra"])
+def test_keys_that_load_native_code_or_run_commands_are_refused(tmp_path: Path, key: str, table: str) -> None:
+    message = str(error_of(config(tmp_path, f'[kafka.{table}]\n"{key}" = "/tmp/evil.so"')))
+    assert f"kafka.{table}: {key} " in message and "refused unless kafka.allow_native_code = true" in message
+    assert "RTML_KAFKA__ALLOW_NATIVE_CODE" in message and f"(env RTML_KAFKA__{table.upper()})" in message
+
+
+@pytest.mark.parametrize("key", NATIVE_CODE)
+def test_native_code_passes_through_when_explicitly_allowed(tmp_path: Path, key: str) -> None:
+    s = load_settings(config(tmp_path, f'[kafka.consumer_extra]\n"{key}" = "x"',
+                             base=BASE.replace("[kafka]", "[kafka]\nallow_native_code = true")))  # fmt: skip
+    assert s.consumer_config()[key] == "x" and key not in s.producer_config()
+
+
+def test_allowing_native_code_keeps_the_other_refusals(tmp_path: Path) -> None:
+    base = BASE.replace("[kafka]", "[kafka]\nallow_native_code = true")
+    message = str(error_of(config(tmp_path, '[kafka.extra]\n"security.protocol" = "PLAINTEXT"', base=base)))
+    assert "is the typed setting kafka.security_protocol" in message
+
+
 def test_other_librdkafka_keys_pass_through_to_both_clients(tmp_path: Path) -> None:
     s = load_settings(config(tmp_path, '[kafka.extra]\n"socket.keepalive.enable" = "true"'))
     assert s.consumer_config()["socket.keepalive.enable"] == "true"

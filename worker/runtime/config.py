@@ -57,6 +57,15 @@ OWNED_LIBRDKAFKA = {
     "partition.assignment.strategy",
     "enable.gapless.guarantee",
 }
+# Keys that load native code into the worker or run a command, refused unless kafka.allow_native_code: a
+# config value must not be a way to execute code. ssl.providers is in: OpenSSL reads a provider name as a
+# module path too.
+NATIVE_CODE_LIBRDKAFKA = {
+    "plugin.library.paths": "loads shared libraries into the worker",
+    "ssl.engine.location": "loads an OpenSSL engine library",
+    "ssl.providers": "loads OpenSSL provider modules",
+    "sasl.kerberos.kinit.cmd": "runs a shell command",
+}
 # Keys a typed setting sets, with that setting: a passthrough would silently override it (security_protocol
 # "SASL_SSL" with extra "security.protocol" = "SASL_PLAINTEXT" sent the password in clear). librdkafka's
 # aliases included: metadata.broker.list is bootstrap.servers, sasl.mechanisms is sasl.mechanism.
@@ -113,8 +122,8 @@ def _split_csv(value: Any) -> Any:
     return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
 
-def _check_passthrough(table: str, key: str, value: str) -> None:
-    """Refuse one ``kafka.<table>`` property that would weaken security or override the worker."""
+def _check_passthrough(table: str, key: str, value: str, *, allow_native_code: bool) -> None:
+    """Refuse one ``kafka.<table>`` property that would weaken security, run code or override the worker."""
     if value.strip().lower() in UNSAFE_LIBRDKAFKA.get(key, ()):
         raise _Refused(table, f"{key} = {value!r} switches off TLS verification; refused")
     if key in OWNED_LIBRDKAFKA:
@@ -124,6 +133,9 @@ def _check_passthrough(table: str, key: str, value: str) -> None:
         raise _Refused(
             table, f"{key} is the typed setting kafka.{field} (env RTML_KAFKA__{field.upper()}): set it there"
         )
+    if key in NATIVE_CODE_LIBRDKAFKA and not allow_native_code:
+        allow = "kafka.allow_native_code = true (env RTML_KAFKA__ALLOW_NATIVE_CODE)"
+        raise _Refused(table, f"{key} {NATIVE_CODE_LIBRDKAFKA[key]}; refused unless {allow}")
 
 
 def _dotted(field: str) -> str:
@@ -185,6 +197,9 @@ class KafkaSettings(_Strict):
     extra: Passthrough = Field(default_factory=dict)
     consumer_extra: Passthrough = Field(default_factory=dict)
     producer_extra: Passthrough = Field(default_factory=dict)
+    # Lets the passthrough tables name native code for librdkafka to load or commands for it to run
+    # (plugin.library.paths, ssl.engine.location, ssl.providers, sasl.kerberos.kinit.cmd).
+    allow_native_code: bool = False
 
     @model_validator(mode="after")
     def _secrets_and_safety(self) -> KafkaSettings:
@@ -195,7 +210,7 @@ class KafkaSettings(_Strict):
                        "producer_extra": self.producer_extra}  # fmt: skip
         for name, properties in passthrough.items():
             for key, value in properties.items():
-                _check_passthrough(name, key.strip().lower(), value)
+                _check_passthrough(name, key.strip().lower(), value, allow_native_code=self.allow_native_code)
         if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
             raise _Refused("sasl_mechanism", f"required with security_protocol {self.security_protocol}")
         return self
