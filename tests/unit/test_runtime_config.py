@@ -419,6 +419,48 @@ def test_registry_secrets_come_from_files(tmp_path: Path) -> None:
     assert SECRET not in repr(s)
 
 
+def registry(tmp_path: Path, url: str, credential: str, *, allow: bool | None = None) -> str:
+    """A [schema_registry] table with ``url`` and one credential, inline or from a file."""
+    secret = tmp_path / "registry.secret"
+    secret.write_text(SECRET)
+    value = f'"{secret}"' if credential.endswith("_file") else f'"{SECRET}"'
+    allowed = "" if allow is None else f"\nallow_plaintext_credentials = {str(allow).lower()}"
+    return f'[schema_registry]\nurl = "{url}"\n{credential} = {value}{allowed}'
+
+
+REGISTRY_CREDENTIALS = [
+    "basic_auth_user_info",
+    "basic_auth_user_info_file",
+    "bearer_token",
+    "bearer_token_file",
+]
+
+
+@pytest.mark.parametrize("credential", REGISTRY_CREDENTIALS)
+@pytest.mark.parametrize("url", ["http://registry:8081/apis/ccompat/v7", "HTTP://registry"])
+def test_registry_credentials_over_plain_http_are_refused(tmp_path: Path, credential: str, url: str) -> None:
+    error = error_of(config(tmp_path, registry(tmp_path, url, credential)))
+    message = str(error)
+    assert f"schema_registry.url: http:// would send schema_registry.{credential} in clear" in message
+    assert "schema_registry.allow_plaintext_credentials = true" in message
+    assert "RTML_SCHEMA_REGISTRY__ALLOW_PLAINTEXT_CREDENTIALS" in message
+    assert "(env RTML_SCHEMA_REGISTRY__URL)" in message
+    assert SECRET not in message and SECRET not in repr(error)
+
+
+@pytest.mark.parametrize("credential", REGISTRY_CREDENTIALS)
+def test_registry_credentials_over_https_or_explicitly_allowed_http(tmp_path: Path, credential: str) -> None:
+    https = load_settings(config(tmp_path, registry(tmp_path, "https://registry", credential)))
+    assert SECRET in (https.schema_registry.user_info(), https.schema_registry.token())
+    allowed = load_settings(config(tmp_path, registry(tmp_path, "http://registry", credential, allow=True)))
+    assert allowed.schema_registry.allow_plaintext_credentials
+
+
+def test_a_plain_http_registry_without_credentials_is_fine(tmp_path: Path) -> None:
+    s = load_settings(config(tmp_path, '[schema_registry]\nurl = "http://127.0.0.1:8081/apis/ccompat/v7"'))
+    assert s.schema_registry.user_info() is None and s.schema_registry.token() is None
+
+
 def test_producer_tuning_defaults_give_way_to_producer_extra(tmp_path: Path) -> None:
     default = load_settings(config(tmp_path)).producer_config()
     assert (default["linger.ms"], default["compression.type"], default["acks"]) == (5, "lz4", "all")

@@ -18,6 +18,7 @@ import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -271,12 +272,26 @@ class RegistrySettings(_Strict):
     bearer_token_file: Path | None = None
     timeout_s: float = Field(5.0, gt=0)
     auto_register: bool = True
+    # Credentials with an http:// url travel in clear: refused unless meant (a registry on localhost, a test).
+    allow_plaintext_credentials: bool = False
 
     @model_validator(mode="after")
-    def _files(self) -> RegistrySettings:
+    def _files_and_transport(self) -> RegistrySettings:
         _check_readable(basic_auth_user_info_file=self.basic_auth_user_info_file,
                         bearer_token_file=self.bearer_token_file)  # fmt: skip
+        credential = self._credential_set()
+        plain = self.url is not None and urlsplit(self.url).scheme.lower() == "http"
+        if plain and credential is not None and not self.allow_plaintext_credentials:
+            allow = "schema_registry.allow_plaintext_credentials = true"
+            env = "RTML_SCHEMA_REGISTRY__ALLOW_PLAINTEXT_CREDENTIALS"
+            reason = f"http:// would send schema_registry.{credential} in clear"
+            raise _Refused("url", f"{reason}; use https:// or set {allow} (env {env})")
         return self
+
+    def _credential_set(self) -> str | None:
+        """The name of the first credential setting given, if any."""
+        names = ("basic_auth_user_info", "basic_auth_user_info_file", "bearer_token", "bearer_token_file")
+        return next((name for name in names if getattr(self, name) is not None), None)
 
     def user_info(self) -> str | None:
         return _secret(self.basic_auth_user_info, self.basic_auth_user_info_file)
