@@ -12,7 +12,9 @@ COPY schemas ./schemas
 COPY examples ./examples
 
 USER rtml
-# Metrics, /healthz and /readyz; not published on the host, so `--scale worker=N` never clashes.
+# Metrics, /healthz and /readyz; not published on the host, so `--scale worker=N` never clashes. The worker
+# listens on 127.0.0.1 by default; in a container, kubelet probes and Prometheus come from outside it.
+ENV RTML_METRICS_HOST=0.0.0.0
 EXPOSE 9100
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9100/healthz', timeout=2)"]

@@ -72,6 +72,17 @@ def test_worker_environment_is_a_valid_worker_config(
     for name, value in compose["services"]["worker"]["environment"].items():
         monkeypatch.setenv(name, str(value))
     settings = load_settings(None)
+    assert settings.metrics_host == "0.0.0.0"
     assert settings.input.topics == ["car-insurance-events"]
     assert settings.kafka.bootstrap_servers == "kafka:29092"
     assert str(settings.graph).startswith("/models/")
+
+
+def test_the_image_and_the_worker_serve_metrics_beyond_loopback(compose: dict[str, Any]) -> None:
+    """The worker listens on 127.0.0.1 by default; in a container, probes and Prometheus come from outside."""
+    env = {}
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("ENV "):
+            env.update(item.split("=", 1) for item in line.split()[1:])
+    assert env["RTML_METRICS_HOST"] == "0.0.0.0"
+    assert compose["services"]["worker"]["environment"]["RTML_METRICS_HOST"] == "0.0.0.0"

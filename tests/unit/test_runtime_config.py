@@ -80,6 +80,10 @@ def test_the_file_is_read_and_defaults_fill_the_rest(tmp_path: Path) -> None:
     assert s.delivery == "at-least-once" and s.breaker.enabled
 
 
+def test_metrics_listen_on_loopback_unless_told_otherwise(tmp_path: Path) -> None:
+    assert load_settings(config(tmp_path)).metrics_host == "127.0.0.1"  # a container image sets 0.0.0.0
+
+
 def test_the_environment_overrides_the_file_field_by_field(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -370,7 +370,9 @@ class Settings(BaseSettings):
     commit_interval_ms: int = Field(1000, ge=10)
     revoke_budget_ms: int = Field(10_000, ge=0)  # finishing in-flight work when partitions are revoked
     shutdown_budget_ms: int = Field(20_000, ge=0)
-    metrics_host: str = "0.0.0.0"
+    # Loopback by default: /metrics and the probes are not for the network unless asked. Container images set
+    # RTML_METRICS_HOST=0.0.0.0, as probes and Prometheus reach the worker from outside its network namespace.
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9100, ge=0, le=65535)  # 0: pick a free port (tests)
     stall_after_s: float = Field(30.0, gt=0)  # /healthz fails when the loop has not turned for this long
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
