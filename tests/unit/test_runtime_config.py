@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +115,7 @@ def test_settings_from_the_environment_alone(monkeypatch: pytest.MonkeyPatch) ->
         "RTML_OUTPUT__SCHEMA": "out.avsc",
         "RTML_DEAD_LETTER__TOPIC": "dlq",
         "RTML_DELIVERY": "exactly-once",
+        "RTML_TRANSACTIONAL_ID": "g-0",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -565,12 +565,42 @@ def test_the_producer_is_idempotent_and_not_transactional_by_default(tmp_path: P
     assert "group.id" not in producer
 
 
-def test_exactly_once_gives_the_producer_a_transactional_id(tmp_path: Path) -> None:
-    default = load_settings(config(tmp_path, base='delivery = "exactly-once"\n' + BASE))
-    producer = default.producer_config()
-    assert producer["transactional.id"] == f"scorers-{socket.gethostname()}"
+def test_exactly_once_gives_the_producer_its_transactional_id(tmp_path: Path) -> None:
+    s = load_settings(
+        config(tmp_path, base='delivery = "exactly-once"\ntransactional_id = "scorers-0"\n' + BASE)
+    )
+    producer = s.producer_config()
+    assert (producer["transactional.id"], s.effective_transactional_id()) == ("scorers-0", "scorers-0")
     assert producer["transaction.timeout.ms"] == 15_000
     assert producer["enable.idempotence"] is True
+
+
+@pytest.mark.parametrize("source", ["file", "environment"])
+def test_exactly_once_without_a_transactional_id_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
+    """Two replicas on one host used to share "<group_id>-<hostname>": the second died with a bare _FENCED."""
+    if source == "environment":
+        monkeypatch.setenv("RTML_DELIVERY", "exactly-once")
+    base = ('delivery = "exactly-once"\n' if source == "file" else "") + BASE
+    message = str(error_of(config(tmp_path, base=base)))
+    assert 'transactional_id: required with delivery "exactly-once"' in message
+    assert "stable per replica and unique" in message and "StatefulSet" in message
+    assert "(env RTML_TRANSACTIONAL_ID)" in message
+
+
+def test_an_empty_transactional_id_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RTML_DELIVERY", "exactly-once")
+    monkeypatch.setenv("RTML_TRANSACTIONAL_ID", "")
+    assert "(env RTML_TRANSACTIONAL_ID)" in str(error_of(config(tmp_path)))
+
+
+def test_at_least_once_has_no_transactional_id_even_when_one_is_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RTML_TRANSACTIONAL_ID", "scorers-0")  # e.g. a StatefulSet template used for both
+    s = load_settings(config(tmp_path))
+    assert "transactional.id" not in s.producer_config() and s.effective_transactional_id() == ""
 
 
 def test_an_explicit_transactional_id_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -340,6 +339,12 @@ class BreakerSettings(_Strict):
     window_records: int = Field(1000, ge=1)  # the ratio is judged over this many records of a partition
 
 
+_TRANSACTIONAL_ID_REQUIRED = (
+    'required with delivery "exactly-once": stable per replica and unique across replicas (two replicas '
+    "sharing one fence each other), e.g. the pod name of a StatefulSet passed as RTML_TRANSACTIONAL_ID"
+)
+
+
 class Settings(BaseSettings):
     """Everything ``rtml-worker run`` needs. Field names are the keys of the TOML file."""
 
@@ -358,9 +363,10 @@ class Settings(BaseSettings):
     allow_custom_domains: bool = False
     intra_op_num_threads: int = Field(1, ge=1)
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
-    # Exactly-once: stable per replica (e.g. the pod name), so a restarted replica fences its old self;
-    # default "<group_id>-<hostname>".
-    transactional_id: str | None = None
+    # Exactly-once requires it: stable per replica, so a restarted replica fences its old self, and unique, so
+    # two replicas never fence each other (e.g. a StatefulSet's pod name). No default: "<group_id>-<hostname>"
+    # was the same for two replicas on one host, and the second died with a bare _FENCED.
+    transactional_id: str | None = Field(None, min_length=1)
     # A transaction left open by a killed replica blocks read_committed readers until it times out.
     transaction_timeout_ms: int = Field(15_000, ge=1000)
     # Negative control for the delivery tests only: auto-commit with offsets stored on receipt (loses data).
@@ -389,8 +395,15 @@ class Settings(BaseSettings):
         # Environment first, then the values from the file (passed as init kwargs by `load_settings`).
         return (env_settings, init_settings)
 
+    @model_validator(mode="after")
+    def _transactions(self) -> Settings:
+        if self.delivery == "exactly-once" and self.transactional_id is None:
+            raise _Refused("transactional_id", _TRANSACTIONAL_ID_REQUIRED)
+        return self
+
     def effective_transactional_id(self) -> str:
-        return self.transactional_id or f"{self.group_id}-{socket.gethostname()}"
+        """The producer's transactional.id; "" without exactly-once (no transactions, nothing to fence)."""
+        return (self.transactional_id or "") if self.delivery == "exactly-once" else ""
 
     def consumer_config(self) -> dict[str, Any]:
         config = self.kafka.client_config("consumer")
