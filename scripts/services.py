@@ -4,11 +4,14 @@
     python scripts/services.py down               stop what `up` started (by process id) and wipe its data
     python scripts/services.py status             exit 0 when the stack answers, 1 otherwise
     python scripts/services.py run -- CMD ...     run CMD against the stack; stops it after if it started it
+    python scripts/services.py restart-broker --node N   start a killed broker again on its existing data
 
 Artefacts are resolved once with ``mvn`` (pinned versions below) into ``.services/cache``, so later starts
 need no network. Runtime state (configs, data, logs, pid files) lives in ``.services/run-<first broker
 port>``, so stacks on other ports can run side by side. Every process is started in its own session and
-stopped by the pid we recorded, after checking its command line is still ours.
+stopped by the pid we recorded, after checking its command line is still ours. Its command line is also
+recorded (``<name>.cmd``, JSON), so that the broker-control functions below (SIGKILL, SIGSTOP, SIGCONT,
+restart), which the chaos tests call through tests/chaos/cluster.py, can start a broker again as it was.
 Ports: broker i listens on KAFKA_PORT + i and its controller on KAFKA_PORT + 100 + i; the registry on
 REGISTRY_PORT and its management interface on REGISTRY_PORT + 1. Set them with --kafka-port /
 --registry-port or RTML_KAFKA_PORT / RTML_REGISTRY_PORT.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import base64
 import glob
+import json
 import logging
 import os
 import re
@@ -35,7 +39,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,11 +176,18 @@ def our_pid(run: Path, name: str) -> int | None:
     return pid if str(ROOT).encode() in cmdline else None
 
 
-def spawn(run: Path, name: str, cmd: Sequence[str]) -> None:
+def command_file(run: Path, name: str) -> Path:
+    return run / f"{name}.cmd"
+
+
+def spawn(run: Path, name: str, cmd: Sequence[str]) -> int:
+    """Start ``cmd`` in its own session, appending to ``<name>.log``; records its pid and command line."""
+    command_file(run, name).write_text(json.dumps(list(cmd)))
     with open(run / f"{name}.log", "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=run)  # fmt: skip
     pid_file(run, name).write_text(str(proc.pid))
+    return proc.pid
 
 
 def stop(run: Path, names: Sequence[str], grace_s: float = 10.0) -> None:
@@ -184,6 +195,7 @@ def stop(run: Path, names: Sequence[str], grace_s: float = 10.0) -> None:
     for name in names:
         if (pid := our_pid(run, name)) is not None:
             os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGCONT)  # a broker a chaos test left paused shuts down cleanly too
     deadline = time.monotonic() + grace_s
     while any(our_pid(run, n) is not None for n in names) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -195,12 +207,70 @@ def stop(run: Path, names: Sequence[str], grace_s: float = 10.0) -> None:
         pid_file(run, name).unlink(missing_ok=True)
 
 
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} after {timeout_s:.0f}s")
+        time.sleep(0.05)
+
+
 def process_names(brokers: int) -> list[str]:
     return [*(f"kafka-{i}" for i in range(brokers)), "registry"]
 
 
 def recorded_names(run: Path) -> list[str]:
     return sorted(p.stem for p in run.glob("*.pid")) if run.exists() else []
+
+
+# --- broker control: the chaos tests' process faults, for the stack whose run folder is given -----------
+
+
+def broker_name(node_id: int) -> str:
+    """The process name of KRaft node ``node_id``: broker i runs node.id i + 1."""
+    return f"kafka-{node_id - 1}"
+
+
+def broker_pid(run: Path, node_id: int) -> int:
+    """The pid of the running broker ``node_id``; raises ProcessLookupError when it does not run."""
+    pid = our_pid(run, broker_name(node_id))
+    if pid is None:
+        raise ProcessLookupError(f"{broker_name(node_id)} of {run} is not running")
+    return pid
+
+
+def process_state(pid: int) -> str:
+    """The state letter of /proc/<pid>/stat: R running, S sleeping, T stopped, Z zombie, ..."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0]  # the name in parentheses may hold spaces
+
+
+def kill_broker(run: Path, node_id: int, timeout_s: float = 10.0) -> None:
+    """SIGKILL the broker, as a lost machine: no shutdown, no flush. Returns once it is gone."""
+    os.kill(broker_pid(run, node_id), signal.SIGKILL)
+    name = broker_name(node_id)
+    wait_for(lambda: our_pid(run, name) is None, timeout_s, f"{name} still alive after SIGKILL")
+
+
+def pause_broker(run: Path, node_id: int, timeout_s: float = 5.0) -> None:
+    """SIGSTOP the broker, as a frozen machine: its sockets stay open and silent. Returns once stopped."""
+    pid = broker_pid(run, node_id)
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: process_state(pid) == "T", timeout_s, f"{broker_name(node_id)} not stopped")
+
+
+def resume_broker(run: Path, node_id: int) -> None:
+    os.kill(broker_pid(run, node_id), signal.SIGCONT)
+
+
+def restart_broker(run: Path, node_id: int) -> int:
+    """Start a broker that is not running with its recorded command line: same config, same data (not
+    formatted again), appending to its log. Returns the new pid. The broker is our child: a long-lived
+    caller (a test) should run ``services.py restart-broker`` instead, which leaves it to init."""
+    name = broker_name(node_id)
+    if our_pid(run, name) is not None:
+        raise RuntimeError(f"{name} of {run} is still running")
+    return spawn(run, name, json.loads(command_file(run, name).read_text()))
 
 
 # --- kafka ----------------------------------------------------------------------------------------------
@@ -407,6 +477,8 @@ def down(run: Path) -> None:
     stop(run, recorded_names(run))
     for folder in run.glob("kafka-*"):
         shutil.rmtree(folder, ignore_errors=True)
+    for command in run.glob("*.cmd"):
+        command.unlink()  # their data is gone: nothing to restart
 
 
 def run(stack: Stack, cmd: Sequence[str]) -> int:
@@ -427,7 +499,8 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["up", "down", "status", "env", "run"])
+    parser.add_argument("command", choices=["up", "down", "status", "env", "run", "restart-broker"])
+    parser.add_argument("--node", type=int, help="restart-broker: the KRaft node id (1 for the first broker)")
     parser.add_argument("--brokers", type=int, default=int(os.environ.get("RTML_KAFKA_BROKERS", "1")))
     parser.add_argument("--kafka-port", type=int, default=int(os.environ.get("RTML_KAFKA_PORT", "9092")))
     parser.add_argument(
@@ -456,6 +529,10 @@ def main(argv: Sequence[str]) -> int:
         return 0 if ok else 1
     elif args.command == "env":
         print(stack.env_lines(), end="")
+    elif args.command == "restart-broker":
+        if args.node is None:
+            sys.exit("services: restart-broker needs --node N")
+        log(f"{broker_name(args.node)} restarted as pid {restart_broker(stack.run, args.node)}")
     else:
         if not rest:
             sys.exit("services: run needs a command after --")

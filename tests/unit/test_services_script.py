@@ -1,14 +1,20 @@
-"""The services script's pure parts: broker configs for one and three brokers, sourceable env lines."""
+"""The services script's own parts: broker configs, cluster ids, env lines, broker control on stand-ins."""
 
 from __future__ import annotations
 
 import base64
 import importlib.util
+import json
+import os
 import re
+import signal
+import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import IO, ClassVar
 
 import pytest
 
@@ -110,3 +116,74 @@ def test_format_command_joins_the_cluster_id_to_its_option(services: ModuleType)
     argv = services.format_command(["java"], "-DomHG-lSV2BuMMkhyVlnQ", Path("/x/server.properties"))
     assert "--cluster-id=-DomHG-lSV2BuMMkhyVlnQ" in argv
     assert "-DomHG-lSV2BuMMkhyVlnQ" not in argv
+
+
+class FakePopen:
+    """Records what spawn started; stands for a process that is still running."""
+
+    started: ClassVar[list[list[str]]] = []
+
+    def __init__(self, cmd: list[str], *, stdout: IO[bytes], cwd: Path, **_: object) -> None:
+        self.started.append(list(cmd))
+        stdout.write(b"new start\n")
+        self.pid = 4242
+
+
+@pytest.fixture
+def fake_popen(services: ModuleType, monkeypatch: pytest.MonkeyPatch) -> type[FakePopen]:
+    FakePopen.started = []
+    monkeypatch.setattr(services.subprocess, "Popen", FakePopen)
+    return FakePopen
+
+
+def test_spawn_records_the_command_line_and_restart_reuses_it(
+    services: ModuleType, fake_popen: type[FakePopen], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cmd = ["java", "-cp", "libs/*", "kafka.Kafka", str(tmp_path / "kafka-1" / "server.properties")]
+    assert services.spawn(tmp_path, "kafka-1", cmd) == 4242
+    assert json.loads((tmp_path / "kafka-1.cmd").read_text()) == cmd
+    monkeypatch.setattr(services, "our_pid", lambda run, name: None)  # the broker was killed
+    assert services.restart_broker(tmp_path, 2) == 4242
+    assert fake_popen.started == [cmd, cmd]
+    assert (tmp_path / "kafka-1.log").read_bytes() == b"new start\nnew start\n"  # appended, not truncated
+    assert (tmp_path / "kafka-1.pid").read_text() == "4242"
+
+
+def test_restart_refuses_a_broker_that_still_runs(
+    services: ModuleType, fake_popen: type[FakePopen], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services.spawn(tmp_path, "kafka-0", ["java", "kafka.Kafka"])
+    monkeypatch.setattr(services, "our_pid", lambda run, name: 4242)
+    with pytest.raises(RuntimeError, match="still running"):
+        services.restart_broker(tmp_path, 1)
+    assert len(fake_popen.started) == 1
+
+
+@pytest.fixture
+def stand_in_broker(services: ModuleType, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A sleeping child recorded as kafka-0 of ``tmp_path``; its argv names ROOT, as our_pid demands."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(services.ROOT)])
+    (tmp_path / "kafka-0.pid").write_text(str(proc.pid))
+    yield proc
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+def test_pause_resume_and_kill_a_broker_by_node_id(
+    services: ModuleType, stand_in_broker: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    assert services.broker_pid(tmp_path, 1) == stand_in_broker.pid
+    services.pause_broker(tmp_path, 1)
+    assert services.process_state(stand_in_broker.pid) == "T"
+    services.resume_broker(tmp_path, 1)
+    services.wait_for(lambda: services.process_state(stand_in_broker.pid) != "T", 5, "still stopped")
+    services.kill_broker(tmp_path, 1)
+    assert stand_in_broker.wait(timeout=10) == -signal.SIGKILL
+    with pytest.raises(ProcessLookupError):
+        services.broker_pid(tmp_path, 1)
+
+
+def test_broker_pid_ignores_a_recycled_pid_that_is_not_ours(services: ModuleType, tmp_path: Path) -> None:
+    (tmp_path / "kafka-2.pid").write_text(str(os.getpid()))  # alive, but not started from .services
+    with pytest.raises(ProcessLookupError, match="kafka-2"):
+        services.broker_pid(tmp_path, 3)
