@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from worker.avro.registry import RegistryConfig, SchemaNotFound, SchemaRegistryClient
-from worker.avro.schema import AvroSchema
+from worker.avro.schema import AvroSchema, SchemaParseError
 from worker.errors import ConfigError, RegistryUnavailable
 
 SCHEMA = json.dumps({"type": "record", "name": "R", "fields": [{"name": "a", "type": "int"}]})
@@ -140,3 +140,26 @@ def test_refused_registration_is_a_config_error(stub: tuple[Stub, str]) -> None:
 
     with pytest.raises(ConfigError, match="incompatible"):
         client(url)[0].register("t-value", AvroSchema.parse(SCHEMA))
+
+
+def nested_too_deep(depth: int = 100_000) -> str:
+    """An array of arrays ``depth`` deep: valid Avro in form, beyond any parser's recursion."""
+    return '{"type":"array","items":' * depth + '"int"' + "}" * depth
+
+
+def test_a_schema_nested_too_deep_is_a_parse_error_not_a_recursion_error() -> None:
+    with pytest.raises(SchemaParseError, match="nested too deeply"):
+        AvroSchema.parse(nested_too_deep())
+    loaded: Any = "int"
+    for _ in range(5_000):  # already loaded: fastavro copes, writing it back as text does not
+        loaded = {"type": "array", "items": loaded}
+    with pytest.raises(SchemaParseError, match="nested too deeply"):
+        AvroSchema.parse(loaded)
+
+
+def test_a_registered_schema_nested_too_deep_is_the_records_fault(stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    state.queue = [(200, {"schema": nested_too_deep()})]
+
+    with pytest.raises(SchemaNotFound, match=r"schema 5 is not valid Avro: .*nested too deeply"):
+        client(url)[0].schema_by_id(5)

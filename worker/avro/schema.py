@@ -46,9 +46,12 @@ class AvroSchema:
             raw = json.loads(schema) if isinstance(schema, str) else schema
             named: dict[str, Any] = {}
             parsed = fastavro.parse_schema(raw, named_schemas=named)
+            text = json.dumps(raw, separators=(",", ":"))
         except (ValueError, TypeError, KeyError, fastavro.schema.SchemaParseException) as exc:
             raise SchemaParseError(f"invalid Avro schema: {exc}") from exc
-        return AvroSchema(parsed=parsed, named=named, text=json.dumps(raw, separators=(",", ":")))
+        except RecursionError as exc:  # json recurses per level: a hostile schema must not crash the worker
+            raise SchemaParseError(f"invalid Avro schema: nested too deeply ({exc})") from exc
+        return AvroSchema(parsed=parsed, named=named, text=text)
 
     @staticmethod
     def load(path: str | Path) -> AvroSchema:
