@@ -57,7 +57,7 @@ def settings() -> Settings:
             sasl_password=SecretStr(PASSWORD),
             extra={"sasl.oauthbearer.client.secret": TOKEN},
         ),
-        schema_registry={"url": "http://registry", "bearer_token": TOKEN},
+        schema_registry={"url": "https://registry", "bearer_token": TOKEN},
     )
 
 

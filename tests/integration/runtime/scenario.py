@@ -89,7 +89,8 @@ def worker_settings(
         "commit_interval_ms": 500,
         "kafka": {
             "bootstrap_servers": bootstrap_servers,
-            "consumer_extra": {"session.timeout.ms": "6000", "heartbeat.interval.ms": "1000"},
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
         },
         "schema_registry": {"url": registry_url},
         "input": {"topics": [input_topic], "reader_schema": EVENT_SCHEMA},
