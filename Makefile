@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SERVICES := $(PY) scripts/services.py
 
-.PHONY: help setup services services-down demo test unit lint typecheck format bench clean
+.PHONY: help setup services services-down demo test unit lint typecheck format bench soak clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ test: lint typecheck ## Lint, typecheck, and every test against real services (s
 
 bench: $(STAMP) ## Benchmarks: writes bench/results/latest.json
 	$(SERVICES) run -- $(PY) -m bench.run $(SUITES)
+
+soak: $(STAMP) ## 30 minutes at half capacity: loss, latency per 5 minutes, RSS (bench/results/soak.json)
+	$(SERVICES) run -- $(PY) -m bench.soak $(SOAK_MINUTES)
 
 clean: ## Remove caches (keeps .venv and the downloaded services)
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -52,10 +52,14 @@ class Scratch:
     def name(self, what: str) -> str:
         return f"e2e-{self.run_id}-{what}"
 
-    def topic(self, what: str, partitions: int, *, log_append_time: bool = False) -> str:
+    def topic(
+        self, what: str, partitions: int, *, log_append_time: bool = False, retention_ms: int | None = None
+    ) -> str:
         """Create a topic; ``log_append_time`` stamps records with the broker's append time."""
         name = self.name(what)
         config = {"message.timestamp.type": "LogAppendTime"} if log_append_time else {}
+        if retention_ms is not None:
+            config["retention.ms"] = str(retention_ms)
         futures = self.admin.create_topics([NewTopic(name, partitions, 1, config=config)])
         futures[name].result(TIMEOUT_S)
         self.topics.append(name)  # only once created: a name that already existed is not ours to delete

@@ -11,8 +11,8 @@ linger made it five times as many.
 ``PacedProducer`` is the handle the benchmark holds (``start``, ``join``, ``sent_at``, ``started_at``,
 ``failed``); ``python -m bench.e2e_paced ARGS`` is the process: it loads the event values from a file, says
 ``ready``, waits for ``go`` on stdin, produces ``values[i % n]`` keyed by ``i`` at the rate for the duration,
-flushes, and writes the wall clock of every ``produce()`` call (by send number) to an ``.npy`` file and a
-JSON summary line to stdout.
+flushes, and writes the wall clock of every ``produce()`` call (by send number) to an ``.npy`` file (unless
+``record_times`` is off: a long soak would hold tens of millions) and a JSON summary line to stdout.
 """
 
 from __future__ import annotations
@@ -41,16 +41,18 @@ class PacedProducer:
 
     def __init__(
         self, bootstrap: str, topic: str, values: Sequence[bytes], rate: float, seconds: float,
-        *, nice: int = NICE,
+        *, nice: int = NICE, record_times: bool = True,
     ) -> None:  # fmt: skip
         self._dir = tempfile.TemporaryDirectory(prefix="rtml-paced-")
         root = Path(self._dir.name)
         lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
         (root / "values.bin").write_bytes(b"".join(values))
         np.save(root / "lengths.npy", lengths)
-        self._args = [bootstrap, topic, str(root), repr(float(rate)), repr(float(seconds)), str(nice)]
+        self._args = [bootstrap, topic, str(root), repr(float(rate)), repr(float(seconds)), str(nice),
+                      "1" if record_times else "0"]  # fmt: skip
         self._process: subprocess.Popen[str] | None = None
         self.sent_at: list[float] = []  # wall clock of each produce() call, by send number
+        self.sent = 0  # how many were sent
         self.started_at = 0.0
         self.failed: list[str] = []
 
@@ -78,12 +80,13 @@ class PacedProducer:
             summary = json.loads(out.strip().splitlines()[-1])
         except (IndexError, ValueError) as exc:
             raise RuntimeError(f"paced producer exited with {self._process.returncode}: {out!r}") from exc
-        self.started_at, self.failed = summary["started_at"], summary["failed"]
-        self.sent_at = np.load(Path(self._dir.name) / "sent_at.npy").tolist()
+        self.started_at, self.failed, self.sent = summary["started_at"], summary["failed"], summary["sent"]
+        times = Path(self._dir.name) / "sent_at.npy"
+        self.sent_at = np.load(times).tolist() if times.exists() else []
         self._dir.cleanup()
 
 
-def main(bootstrap: str, topic: str, root: str, rate: float, seconds: float, nice: int) -> None:
+def main(bootstrap: str, topic: str, root: str, rate: float, seconds: float, nice: int, record: bool) -> None:
     os.nice(nice)
     lengths = np.load(Path(root) / "lengths.npy")
     data = (Path(root) / "values.bin").read_bytes()
@@ -101,20 +104,24 @@ def main(bootstrap: str, topic: str, root: str, rate: float, seconds: float, nic
     producer.list_topics(topic, timeout=START_TIMEOUT_S)  # connected before the clock starts
     print("ready", flush=True)
     sys.stdin.readline()
-    n, sent_at, produce = len(values), [], producer.produce
+    n, sent_at, produce, sent = len(values), [], producer.produce, 0
     started_at = time.time()
     started = time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds:
-        for i in range(len(sent_at), int(elapsed * rate)):
-            sent_at.append(time.time())
+        for i in range(sent, int(elapsed * rate)):
+            if record:
+                sent_at.append(time.time())
             produce(topic, values[i % n], b"%d" % i)
+            sent += 1
         producer.poll(0)
         time.sleep(TICK_S)
     if producer.flush(FLUSH_TIMEOUT_S):
         failed.append("flush timed out")
-    np.save(Path(root) / "sent_at.npy", np.asarray(sent_at, dtype=np.float64))
-    print(json.dumps({"started_at": started_at, "failed": failed}), flush=True)
+    if record:
+        np.save(Path(root) / "sent_at.npy", np.asarray(sent_at, dtype=np.float64))
+    print(json.dumps({"started_at": started_at, "failed": failed, "sent": sent}), flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]))
+    argv = sys.argv
+    main(argv[1], argv[2], argv[3], float(argv[4]), float(argv[5]), int(argv[6]), argv[7] == "1")
