@@ -1,0 +1,177 @@
+"""Broker control for the chaos tests: process faults by KRaft node id, and what the cluster says about them.
+
+``Cluster(stack)`` acts on one stack of scripts/services.py, at any ports (its run folder is
+``.services/run-<first broker port>``). ``pid``, ``sigkill``, ``sigstop`` and ``sigcont`` call the services
+script's broker-control functions; ``restart`` runs ``services.py restart-broker``, which starts the broker
+again from its recorded command line on its existing data, so that the broker is not a child of the test
+process (it outlives the session as the rest of the stack does, and never becomes pytest's zombie).
+``wait_broker_registered``, ``leader_of``, ``wait_new_leader`` and ``wait_in_sync`` read metadata through an
+AdminClient on the main listener; ``heal`` resumes or restarts every broker, for a test's teardown.
+Every wait is bounded and raises TimeoutError with what it saw last. Blocking; called from the test thread.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Protocol, TypeVar
+
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "services.py"
+METADATA_TIMEOUT_S = 3.0  # per answer: a paused broker must not hold a wait for longer
+T = TypeVar("T")
+
+
+class StackLike(Protocol):
+    """What this module uses of scripts/services.py's ``Stack``."""
+
+    brokers: int
+    kafka_port: int
+
+    @property
+    def run(self) -> Path: ...
+
+    @property
+    def bootstrap(self) -> str: ...
+
+
+def load_services() -> ModuleType:
+    """scripts/services.py as a module (it is a script, not a package), loaded once per process."""
+    if (loaded := sys.modules.get("services_script")) is not None:
+        return loaded
+    spec = importlib.util.spec_from_file_location("services_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["services_script"] = module  # the dataclasses resolve their module while executing
+    spec.loader.exec_module(module)
+    return module
+
+
+def poll(read: Callable[[], T | None], timeout_s: float, what: str, last: Callable[[], object]) -> T:
+    """The first non-None answer of ``read`` within ``timeout_s``; TimeoutError naming ``last()`` if none."""
+    deadline = time.monotonic() + timeout_s
+    while (answer := read()) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} after {timeout_s:.0f}s; last seen: {last()}")
+        time.sleep(0.1)
+    return answer
+
+
+class Cluster:
+    def __init__(self, stack: StackLike) -> None:
+        self.stack = stack
+        self.services = load_services()
+        # A request unanswered for 2 s drops its connection, so a paused broker is not asked again and again.
+        admin = {"bootstrap.servers": stack.bootstrap, "socket.timeout.ms": 2000, "logger": _librdkafka_log}
+        self.admin = AdminClient(admin)
+        self._last: object = None
+
+    @property
+    def node_ids(self) -> list[int]:
+        return list(range(1, self.stack.brokers + 1))
+
+    # --- processes ---
+
+    def pid(self, node_id: int) -> int:
+        return int(self.services.broker_pid(self.stack.run, node_id))
+
+    def running(self, node_id: int) -> bool:
+        return self.services.our_pid(self.stack.run, self.services.broker_name(node_id)) is not None
+
+    def sigkill(self, node_id: int) -> None:
+        self.services.kill_broker(self.stack.run, node_id)
+
+    def sigstop(self, node_id: int) -> None:
+        self.services.pause_broker(self.stack.run, node_id)
+
+    def sigcont(self, node_id: int) -> None:
+        self.services.resume_broker(self.stack.run, node_id)
+
+    def restart(self, node_id: int) -> None:
+        cmd = [sys.executable, str(SCRIPT), "restart-broker", "--kafka-port", str(self.stack.kafka_port)]
+        cmd += ["--node", str(node_id)]
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"restarting node {node_id} failed: {done.stderr.strip()}")
+
+    def heal(self, timeout_s: float = 90.0) -> None:
+        """Resume every paused broker and restart every dead one, then wait until all are registered."""
+        for node in self.node_ids:
+            if self.running(node):
+                self.sigcont(node)
+            else:
+                self.restart(node)
+        for node in self.node_ids:
+            self.wait_broker_registered(node, timeout_s)
+
+    # --- metadata ---
+
+    def metadata(self, topic: str | None = None) -> ClusterMetadata | None:
+        """One metadata answer, or None when no broker answered in time (one may be paused)."""
+        try:
+            return self.admin.list_topics(topic, timeout=METADATA_TIMEOUT_S)
+        except Exception as exc:  # KafkaException of every kind: the caller polls again
+            self._last = exc
+            return None
+
+    def wait_broker_registered(self, node_id: int, timeout_s: float = 60.0) -> None:
+        """Until metadata lists the broker. A broker just killed stays listed until the controller fences
+        it (broker.session.timeout.ms, 9 s by default), so call this after it was seen gone or replaced."""
+
+        def listed() -> bool | None:
+            found = self.metadata()
+            if found is not None:
+                self._last = sorted(found.brokers)
+            return True if found is not None and node_id in found.brokers else None
+
+        poll(listed, timeout_s, f"node {node_id} not registered", lambda: self._last)
+
+    def leader_of(self, topic: str, partition: int) -> int:
+        """The partition's leader as metadata names it now: a node id, or -1 while there is none."""
+        found = poll(lambda: self.metadata(topic), 30.0, "no metadata", lambda: self._last)
+        return int(found.topics[topic].partitions[partition].leader)
+
+    def wait_new_leader(self, topic: str, partition: int, old: int, timeout_s: float = 60.0) -> int:
+        """Until the partition is led by a node other than ``old``; returns that node."""
+
+        def new_leader() -> int | None:
+            self._last = leader = self.leader_of(topic, partition)
+            return leader if leader not in (old, -1) else None
+
+        return poll(new_leader, timeout_s, f"{topic}[{partition}] still led by {old}", lambda: self._last)
+
+    def wait_in_sync(self, topic: str, timeout_s: float = 60.0) -> None:
+        """Until every partition's in-sync replicas are all its replicas again."""
+
+        def in_sync() -> bool | None:
+            found = self.metadata(topic)
+            if found is None:
+                return None
+            partitions = found.topics[topic].partitions.values()
+            self._last = {p.id: (sorted(p.replicas), sorted(p.isrs)) for p in partitions}
+            return True if partitions and all(set(p.isrs) == set(p.replicas) for p in partitions) else None
+
+        poll(in_sync, timeout_s, f"{topic} not in sync", lambda: self._last)
+
+    # --- topics ---
+
+    def create_topic(
+        self, name: str, partitions: int = 1, replication: int = 3, config: dict[str, str] | None = None
+    ) -> None:
+        futures = self.admin.create_topics([NewTopic(name, partitions, replication, config=config or {})])
+        futures[name].result(timeout=30)
+        self.wait_in_sync(name, 30)
+
+    def delete_topics(self, names: list[str]) -> None:
+        for future in self.admin.delete_topics(names, operation_timeout=30).values():
+            future.result(timeout=30)
+
+
+_librdkafka_log = logging.getLogger("chaos.librdkafka")  # captured by pytest: shown when a test fails

@@ -1,0 +1,107 @@
+"""Fixtures of the chaos tests: a three-broker stack of scripts/services.py on its own ports, topics on it.
+
+``chaos_stack`` (session) reuses the stack at RTML_CHAOS_KAFKA_PORT (19092; registry RTML_CHAOS_REGISTRY_PORT,
+18081) when it answers with every broker and its PROXIED listeners, else starts it with ``services.py up
+--brokers 3 ...``. It fails, never skips, when it cannot (as tests/integration/conftest.py does), leaves the
+stack running for later tests, and stops it at session end only if it started it. ``cluster`` hands a test
+the ``Cluster`` and heals every broker after it, so a failed test never leaves one killed or paused for the
+next; ``chaos_topic`` creates uuid-named topics with replication factor 3 and deletes them after the test.
+Only modules named test_chaos_* are marked integration: the fault proxy's own tests run with the unit tests.
+The measured times a chaos test keeps in its user properties (names ending in ``_s``) close the report.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from cluster import SCRIPT, Cluster, load_services
+
+KAFKA_PORT = int(os.environ.get("RTML_CHAOS_KAFKA_PORT", "19092"))
+REGISTRY_PORT = int(os.environ.get("RTML_CHAOS_REGISTRY_PORT", "18081"))
+START_TIMEOUT_S = 300  # three JVM brokers and the registry on two cores take about a minute
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.fspath).startswith(here) and os.path.basename(item.fspath).startswith("test_chaos_"):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    timings = [
+        f"{report.nodeid.rsplit('::', 1)[-1]}: {name}={value}"
+        for report in terminalreporter.getreports("passed") + terminalreporter.getreports("failed")
+        for name, value in report.user_properties
+        if name.endswith("_s") and report.when == "call"
+    ]
+    if timings:
+        terminalreporter.write_sep("-", "chaos timings")
+        for line in timings:
+            terminalreporter.write_line(line)
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def services_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, str(SCRIPT), *args, "--kafka-port", str(KAFKA_PORT)]
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=START_TIMEOUT_S)
+
+
+@pytest.fixture(scope="session")
+def chaos_stack() -> Iterator[Any]:
+    services = load_services()
+    stack = services.Stack(brokers=3, kafka_port=KAFKA_PORT, registry_port=REGISTRY_PORT)
+    started = not services.healthy(stack)
+    if started:
+        done = services_cli("up", "--brokers", "3", "--registry-port", str(REGISTRY_PORT))
+        if done.returncode != 0:
+            pytest.fail(
+                f"could not start the chaos stack on {KAFKA_PORT}:\n{done.stderr[-3000:]}", pytrace=False
+            )
+    missing = [proxied for _, proxied in stack.proxy_routes() if not listening(proxied)]
+    if missing:
+        pytest.fail(
+            f"the stack on {KAFKA_PORT} has no PROXIED listener on {missing}: it predates them; restart it "
+            f"with `scripts/services.py down --kafka-port {KAFKA_PORT}` and run again",
+            pytrace=False,
+        )
+    yield stack
+    if started:
+        services_cli("down")
+
+
+@pytest.fixture
+def cluster(chaos_stack: Any) -> Iterator[Cluster]:
+    cluster = Cluster(chaos_stack)
+    yield cluster
+    cluster.heal()
+
+
+@pytest.fixture
+def chaos_topic(cluster: Cluster) -> Iterator[Callable[..., str]]:
+    created: list[str] = []
+
+    def create(partitions: int = 1, *, prefix: str = "chaos") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        cluster.create_topic(name, partitions, replication=3)
+        created.append(name)
+        return name
+
+    yield create
+    if created:
+        cluster.heal()  # before the cluster fixture's own heal: a paused broker would stall the deletion
+        cluster.delete_topics(created)
