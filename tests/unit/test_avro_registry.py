@@ -21,7 +21,7 @@ class Stub:
     """Answers with queued (status, body) pairs, then 200 with the schema; records requests."""
 
     def __init__(self) -> None:
-        self.queue: list[tuple[int, dict[str, Any]]] = []
+        self.queue: list[tuple[int, dict[str, Any] | list[Any] | bytes]] = []
         self.seen: list[tuple[str, str, str | None]] = []
 
 
@@ -35,7 +35,7 @@ def stub() -> Iterator[tuple[Stub, str]]:
             self.rfile.read(length)
             state.seen.append((self.command, self.path, self.headers.get("Authorization")))
             status, body = state.queue.pop(0) if state.queue else (200, {"schema": SCHEMA, "id": 7})
-            data = json.dumps(body).encode()
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -163,3 +163,42 @@ def test_a_registered_schema_nested_too_deep_is_the_records_fault(stub: tuple[St
 
     with pytest.raises(SchemaNotFound, match=r"schema 5 is not valid Avro: .*nested too deeply"):
         client(url)[0].schema_by_id(5)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"schema": 5}', "not valid Avro"),
+        (b"[1, 2]", "not a JSON object"),
+    ],
+    ids=["nested-too-deeply", "schema-not-a-string", "not-an-object"],
+)
+def test_an_answer_that_cannot_be_a_schema_is_the_records_fault(
+    stub: tuple[Stub, str], answer: bytes, reason: str
+) -> None:
+    state, url = stub
+    state.queue = [(200, answer)]
+
+    with pytest.raises(SchemaNotFound, match=reason):
+        client(url)[0].schema_by_id(5)
+    assert len(state.seen) == 1  # the same answer again would not help: no retry
+
+
+def test_an_answer_larger_than_the_bound_is_not_read_whole(
+    stub: tuple[Stub, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, url = stub
+    monkeypatch.setattr("worker.avro.registry.MAX_ANSWER_BYTES", 1000)
+    state.queue = [(200, {"schema": SCHEMA, "doc": "x" * 2000})]
+
+    with pytest.raises(SchemaNotFound, match="larger than 1000 bytes"):
+        client(url)[0].schema_by_id(5)
+
+
+def test_an_error_answer_nested_too_deeply_still_gives_its_status(stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    state.queue = [(409, b"[" * 100_000 + b"]" * 100_000)]
+
+    with pytest.raises(ConfigError, match="refused the schema"):
+        client(url)[0].register("t-value", AvroSchema.parse(SCHEMA))

@@ -1,10 +1,12 @@
 """A small Confluent Schema Registry client: schemas by id (cached), subject lookup and registration.
 
 Speaks the Confluent REST API (also served by Apicurio's ccompat endpoint) over ``urllib``: no new dependency.
-Faults are split by who must act: an unknown id (404) is ``SchemaNotFound`` (the record is bad: dead-letter);
-unreachable, timeouts, 5xx and 429 are retried with bounded exponential backoff while the caller waits, then
-``RegistryUnavailable`` (infrastructure: retry the batch or stop, never dead-letter). A refused registration
-(409/422) is a ``ConfigError`` (the output schema does not fit the subject). Thread-safe; calls block.
+Faults are split by who must act: an unknown id (404) is ``SchemaNotFound`` (the record is bad: dead-letter),
+and so is an answer that cannot be a schema (larger than ``MAX_ANSWER_BYTES``, nested too deeply to parse, not
+a JSON object): asking again would get the same answer. Unreachable, timeouts, 5xx and 429 are retried with
+bounded exponential backoff while the caller waits, then ``RegistryUnavailable`` (infrastructure: retry the
+batch or stop, never dead-letter). A refused registration (409/422) is a ``ConfigError`` (the output schema
+does not fit the subject). Thread-safe; calls block.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from worker.errors import ConfigError, RegistryUnavailable
 
 _CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 MAX_MISSING = 10_000  # unknown ids remembered at once
+MAX_ANSWER_BYTES = 8 * 1024 * 1024  # a registry answer is read no further: a schema is far smaller
+_MAX_DETAIL_BYTES = 64 * 1024  # of an error answer, for its message
+# Retried: the network, and an answer that is not JSON at all (a proxy's error page, a cut-off body).
+_TRANSIENT = (urllib.error.URLError, TimeoutError, ConnectionError, ValueError)
 
 
 class RegistryConfig(BaseModel):
@@ -99,6 +105,8 @@ class SchemaRegistryClient:
 
     def _fetch(self, schema_id: int) -> AvroSchema:
         body = self._request("GET", f"/schemas/ids/{schema_id}")
+        if not isinstance(body, dict):
+            raise SchemaNotFound(f"schema {schema_id}: the registry's answer is not a JSON object")
         if body.get("schemaType", "AVRO") != "AVRO" or body.get("references"):
             raise SchemaNotFound(f"schema {schema_id} is not a self-contained Avro schema")
         try:
@@ -108,16 +116,19 @@ class SchemaRegistryClient:
 
     def register(self, subject: str, schema: AvroSchema) -> int:
         """Register ``schema`` under ``subject`` (idempotent); its id. Raises ConfigError when refused."""
-        body = self._request("POST", f"/subjects/{_quote(subject)}/versions", {"schema": schema.text})
-        return int(body["id"])
+        path = f"/subjects/{_quote(subject)}/versions"
+        return _schema_id(self._request("POST", path, {"schema": schema.text}), path)
 
     def lookup(self, subject: str, schema: AvroSchema) -> int:
         """The id of ``schema`` under ``subject``; raises SchemaNotFound if it was never registered there."""
-        body = self._request("POST", f"/subjects/{_quote(subject)}", {"schema": schema.text})
-        return int(body["id"])
+        path = f"/subjects/{_quote(subject)}"
+        return _schema_id(self._request("POST", path, {"schema": schema.text}), path)
 
-    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
-        """One call with bounded retries on transient faults; translates every failure into our tree."""
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+        """One call with bounded retries on transient faults; translates every failure into our tree.
+
+        The answer is the parsed JSON body, whatever its shape: callers check it is the one they expect.
+        """
         delay = self.config.backoff_initial_s
         url = self.config.url.rstrip("/") + path
         data = None if payload is None else json.dumps(payload).encode()
@@ -129,8 +140,7 @@ class SchemaRegistryClient:
             request = urllib.request.Request(url, data=data, method=method, headers=self._headers)
             try:
                 with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
-                    answer: dict[str, Any] = json.loads(response.read())
-                    return answer
+                    return _parse(response.read(MAX_ANSWER_BYTES + 1), method, path)
             except urllib.error.HTTPError as exc:
                 last = f"HTTP {exc.code}"
                 detail = _detail(exc)
@@ -141,7 +151,7 @@ class SchemaRegistryClient:
                     raise ConfigError(f"the registry refused the schema: {detail}", field=path) from exc
                 if exc.code < 500 and exc.code != 429:
                     raise RegistryUnavailable(f"registry answered {exc.code} to {method} {path}") from exc
-            except (urllib.error.URLError, TimeoutError, ConnectionError, json.JSONDecodeError) as exc:
+            except _TRANSIENT as exc:
                 last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
         raise RegistryUnavailable(
             f"registry unreachable after {self.config.max_retries + 1} attempts ({method} {path}: {last})"
@@ -152,8 +162,25 @@ def _quote(subject: str) -> str:
     return urllib.parse.quote(subject, safe="")
 
 
+def _schema_id(body: Any, path: str) -> int:
+    if isinstance(body, dict) and isinstance(body.get("id"), int):
+        return int(body["id"])
+    raise RegistryUnavailable(f"POST {path}: the registry's answer has no schema id")
+
+
+def _parse(data: bytes, method: str, path: str) -> Any:
+    """The JSON of an answer; one that can never be right (too large, too deep) is SchemaNotFound."""
+    if len(data) > MAX_ANSWER_BYTES:
+        raise SchemaNotFound(f"{method} {path}: the answer is larger than {MAX_ANSWER_BYTES} bytes")
+    try:
+        return json.loads(data)
+    except RecursionError as exc:
+        raise SchemaNotFound(f"{method} {path}: the answer is nested too deeply to parse") from exc
+
+
 def _detail(exc: urllib.error.HTTPError) -> str:
     try:
-        return str(json.loads(exc.read()).get("message", exc.reason))
-    except (ValueError, OSError):
-        return str(exc.reason)
+        message = json.loads(exc.read(_MAX_DETAIL_BYTES)).get("message", exc.reason)
+    except (ValueError, OSError, RecursionError, AttributeError):
+        message = exc.reason
+    return str(message)[:500]
