@@ -1,4 +1,4 @@
-"""Pipeline: the reader-schema/graph contract checked at start, and one batch of messages through a real
+"""Pipeline: the schema/graph contracts checked when built, and one batch of messages through a real
 BatchDecoder, compiled graph and ScoreEncoder with every message accounted for exactly once."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from onnx import TensorProto, helper
 
 from worker.avro.decoder import BatchDecoder
 from worker.avro.encoder import ScoreEncoder
-from worker.avro.schema import AvroSchema, layout
+from worker.avro.schema import AvroSchema
 from worker.errors import ConfigError, DecodeError, EncodeError, RecordError, ScoringError
 from worker.graph import CompiledGraph, InMemoryModels, compile_graph, load_graph
-from worker.runtime.pipeline import Meta, Pipeline, Processed, by_topic, check_contract
+from worker.runtime.pipeline import Meta, Pipeline, Processed, by_topic
 
 EVENT = {
     "type": "record",
@@ -89,50 +89,46 @@ def pipeline() -> Pipeline:
     )
 
 
-# --- the contract between the reader schema and the graph -------------------------------------------------
+# --- the contracts, checked when a pipeline is built (in detail: test_runtime_contract.py) ---------------
 
 
-def test_a_matching_contract_passes() -> None:
-    check_contract(layout(AvroSchema.parse(EVENT)), graph_of(INPUTS))
-
-
-def contract_error(inputs: list[dict[str, Any]]) -> ConfigError:
-    graph = graph_of(inputs, nodes=[])
-    with pytest.raises(ConfigError) as caught:
-        check_contract(layout(AvroSchema.parse(EVENT)), graph)
-    assert caught.value.field == "input.reader_schema"
-    return caught.value
-
-
-def test_a_graph_input_missing_from_the_schema_is_named() -> None:
-    inputs = [*INPUTS, {"name": "speed", "dtype": "float64"}]
-    assert "graph input 'speed' is not a field of the reader schema" in str(contract_error(inputs))
-
-
-def test_a_nullable_field_for_a_non_null_input_is_named() -> None:
-    inputs = [{**i, "nullable": False} if i["name"] == "age" else i for i in INPUTS]
-    message = str(contract_error(inputs))
-    assert "graph input 'age' is non-null in the graph but nullable in the reader schema" in message
-
-
-def test_a_dtype_mismatch_is_named() -> None:
-    inputs = [{**i, "dtype": "float64"} if i["name"] == "km" else i for i in INPUTS]
-    message = str(contract_error(inputs))
-    assert "graph input 'km' (float64) needs a float64 column; the reader schema gives object" in message
-
-
-def test_a_nullable_integer_input_is_not_fed_by_a_non_null_long() -> None:
-    # The decoder gives int64 for a non-null long, the graph expects float64 with NaN for its nullable int.
-    inputs = [{**i, "nullable": True} if i["name"] == "n" else i for i in INPUTS]
-    message = str(contract_error(inputs))
-    assert "graph input 'n' (int64?) needs a float64 column; the reader schema gives int64" in message
-
-
-def test_the_pipeline_checks_the_contract_when_built() -> None:
+def test_the_pipeline_checks_the_input_contract_when_built() -> None:
     event = AvroSchema.parse(EVENT)
     graph = graph_of([*INPUTS, {"name": "speed", "dtype": "float64"}], nodes=[])
     with pytest.raises(ConfigError, match="'speed'"):
         Pipeline(BatchDecoder(event, writer=event), graph, ScoreEncoder(AvroSchema.parse(SCORE)))
+
+
+def build(score_fields: list[dict[str, Any]], outputs: list[dict[str, Any]] = OUTPUTS) -> Pipeline:
+    """A pipeline whose graph adds ``flag`` (a bool, n > 0) and outputs ``outputs``, into ``score_fields``."""
+    event = AvroSchema.parse(EVENT)
+    nodes = [*NODES, {"id": "positive", "kind": "expr", "expr": "n > 0", "output": "flag"}]
+    spec = {"name": "t", "inputs": INPUTS, "nodes": nodes, "outputs": outputs}
+    graph = compile_graph(load_graph(spec), InMemoryModels({"lin": linear_model()}))
+    score = AvroSchema.parse({**SCORE, "fields": score_fields})
+    return Pipeline(BatchDecoder(event, writer=event), graph, ScoreEncoder(score))
+
+
+def test_a_graph_output_the_output_schema_lacks_is_refused_when_built() -> None:
+    # Before: the pipeline was built and every score went out without the field, with no warning.
+    without_n = [f for f in SCORE["fields"] if f["name"] != "n"]
+    with pytest.raises(ConfigError, match="graph output 'n' \\(int64\\) is not a field of the output schema"):
+        build(without_n)
+
+
+def test_a_bool_output_into_an_int_field_is_refused_when_built() -> None:
+    # Before: the bool was written as 0/1.
+    outputs = [*OUTPUTS, {"name": "flag", "dtype": "bool"}]
+    with pytest.raises(
+        ConfigError, match="field 'flag' is int in the output schema, but graph output 'flag' is bool"
+    ):
+        build([*SCORE["fields"], {"name": "flag", "type": "int"}], outputs)
+
+
+def test_an_output_field_the_graph_lacks_is_refused_when_built() -> None:
+    # Before: the pipeline was built and the first batch raised, after the worker had joined its group.
+    with pytest.raises(ConfigError, match="field 'region' \\(string\\) is not a graph output"):
+        build([*SCORE["fields"], {"name": "region", "type": "string"}])
 
 
 # --- one batch through the stages -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from worker.errors import ConfigError
 from worker.graph import compile_graph, load_graph
 from worker.models.store import ModelStore
 from worker.runtime.config import Settings
+from worker.runtime.contract import check_outputs
 from worker.runtime.pipeline import Pipeline
 
 
@@ -56,6 +57,7 @@ def build_pipeline(
         allow_custom_domains=settings.allow_custom_domains,
     )
     score_schema = _schema(settings.output.schema_path, "output.schema")
+    check_outputs(score_schema, graph.outputs)  # before the schema is registered anywhere
     if settings.output.framing == "confluent":
         if registry is None:
             raise ConfigError("Confluent framing needs a registry url", field="schema_registry.url")

@@ -18,10 +18,9 @@ from confluent_kafka import Message
 
 from worker.avro.decoder import BatchDecoder
 from worker.avro.encoder import ScoreEncoder
-from worker.avro.schema import Leaf
-from worker.errors import ConfigError, RecordError
+from worker.errors import RecordError
 from worker.graph import CompiledGraph
-from worker.graph.types import physical
+from worker.runtime.contract import check_inputs, check_outputs
 
 Rows = npt.NDArray[np.int64]
 
@@ -103,7 +102,8 @@ class Pipeline:
         graph: CompiledGraph,
         encoder: ScoreEncoder,
     ) -> None:
-        check_contract(decoder.leaves, graph)
+        check_inputs(decoder.leaves, graph.inputs)
+        check_outputs(encoder.schema, graph.outputs)
         self.decoder = decoder
         self.framed = decoder.framing == "confluent"
         self.graph = graph
@@ -165,21 +165,3 @@ def by_topic(topics: list[str]) -> list[tuple[str, Rows]]:
         return [(first, np.arange(len(topics), dtype=np.int64))] if topics else []
     names = np.array(topics, dtype=object)
     return [(t, np.flatnonzero(names == t).astype(np.int64)) for t in dict.fromkeys(topics)]
-
-
-def check_contract(leaves: Sequence[Leaf], graph: CompiledGraph) -> None:
-    """The reader schema must provide every graph input with its dtype: checked at start, named by field."""
-    by_name = {leaf.name: leaf for leaf in leaves}
-    for field in graph.spec.inputs:
-        leaf = by_name.get(field.name)
-        where = f"graph input {field.name!r}"
-        if leaf is None:
-            raise ConfigError(f"{where} is not a field of the reader schema", field="input.reader_schema")
-        if leaf.nullable and not field.nullable:
-            raise ConfigError(f"{where} is non-null in the graph but nullable in the reader schema",
-                              field="input.reader_schema")  # fmt: skip
-        if leaf.dtype != (column := physical(field.coltype)):  # compare columns: int64? is a float64 column
-            message = (
-                f"{where} ({field.coltype}) needs a {column} column; the reader schema gives {leaf.dtype}"
-            )
-            raise ConfigError(message, field="input.reader_schema")
