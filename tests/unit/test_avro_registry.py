@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from worker.avro.registry import RegistryConfig, SchemaNotFound, SchemaRegistryClient
+from worker.avro.registry import RegistryConfig, SchemaNotFound, SchemaRefused, SchemaRegistryClient
 from worker.avro.schema import AvroSchema, SchemaParseError
 from worker.errors import ConfigError, RegistryUnavailable
 
@@ -200,5 +200,34 @@ def test_an_error_answer_nested_too_deeply_still_gives_its_status(stub: tuple[St
     state, url = stub
     state.queue = [(409, b"[" * 100_000 + b"]" * 100_000)]
 
-    with pytest.raises(ConfigError, match="refused the schema"):
+    with pytest.raises(SchemaRefused, match="POST /subjects/t-value/versions: Conflict"):
         client(url)[0].register("t-value", AvroSchema.parse(SCHEMA))
+
+
+def test_compatible_asks_the_compatibility_endpoint_and_registers_nothing(stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    state.queue = [(200, {"is_compatible": True})]
+
+    assert client(url)[0].compatible("t-value", AvroSchema.parse(SCHEMA))
+    assert state.seen == [("POST", "/api/compatibility/subjects/t-value/versions/latest", None)]
+
+
+def test_a_subject_that_does_not_exist_yet_is_compatible(stub: tuple[Stub, str]) -> None:
+    state, url = stub
+    state.queue = [(404, {"error_code": 40401, "message": "Subject 't-value' not found."})]
+
+    assert client(url)[0].compatible("t-value", AvroSchema.parse(SCHEMA))
+
+
+def test_an_incompatible_schema_is_not_compatible_unless_the_subject_checks_nothing(
+    stub: tuple[Stub, str],
+) -> None:
+    state, url = stub
+    # Apicurio answers false even where its compatibility is NONE and registering would succeed.
+    state.queue = [(200, {"is_compatible": False}), (200, {"compatibilityLevel": "BACKWARD"}),
+                   (200, {"is_compatible": False}), (200, {"compatibilityLevel": "NONE"})]  # fmt: skip
+    registry = client(url)[0]
+
+    assert not registry.compatible("t-value", AvroSchema.parse(SCHEMA))
+    assert registry.compatible("t-value", AvroSchema.parse(SCHEMA))
+    assert state.seen[1][:2] == ("GET", "/api/config/t-value?defaultToGlobal=true")

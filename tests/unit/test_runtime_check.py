@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +96,107 @@ def test_an_output_schema_that_does_not_fit_the_graph_fails_the_check(
     assert (code, out) == (2, "")
     assert err.startswith(f"rtml-worker: error: output.schema: {message}")
     assert len(err.splitlines()) == 1
+
+
+# --- with a registry: a local stub answering as told, recording what it was asked --------------------------
+
+Answer = tuple[int, Any]  # status, and a JSON body (bytes are sent as they are)
+
+
+class Registry:
+    """A stub registry: ``answers`` maps "METHOD /path" (below the URL) to an answer; the rest is 404."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, Answer] = {"GET /subjects": (200, [])}
+        self.seen: list[str] = []
+        self.url = ""
+
+
+@pytest.fixture
+def registry() -> Iterator[Registry]:
+    state = Registry()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            asked = f"{self.command} {self.path.removeprefix('/apis/ccompat/v7')}"
+            state.seen.append(asked)
+            status, body = state.answers.get(asked, (404, {"error_code": 40401, "message": "not found"}))
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = _answer  # noqa: N815 (http.server's names)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/apis/ccompat/v7"
+    yield state
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def framed(tmp_path: Path, url: str, **settings: Any) -> Path:
+    """Confluent framing on both sides, with the registry at ``url``."""
+    return write_config(
+        tmp_path,
+        schema_registry__url=url,
+        input__framing="confluent",
+        output__framing="confluent",
+        **settings,
+    )
+
+
+def test_check_registers_nothing_and_says_a_new_subject_would_be_accepted(
+    tmp_path: Path, registry: Registry
+) -> None:
+    code, out, err = check(framed(tmp_path, registry.url))
+
+    assert (code, err) == (0, "")
+    assert "POST /subjects/scores-value/versions" not in registry.seen  # before: registered as a side effect
+    assert "POST /compatibility/subjects/scores-value/versions/latest" in registry.seen
+    assert "ok: output schema not registered under scores-value yet; the registry accepts it" in out
+
+
+def test_check_gives_the_id_of_a_schema_already_registered(tmp_path: Path, registry: Registry) -> None:
+    registry.answers["POST /subjects/scores-value"] = (
+        200,
+        {"subject": "scores-value", "version": 3, "id": 41},
+    )
+
+    code, out, err = check(framed(tmp_path, registry.url))
+
+    assert (code, err) == (0, "")
+    assert "ok: output schema registered under scores-value as id 41" in out
+    assert not [asked for asked in registry.seen if asked.endswith("/versions")]
+
+
+def test_check_refuses_a_schema_the_registry_would_refuse(tmp_path: Path, registry: Registry) -> None:
+    registry.answers["POST /compatibility/subjects/scores-value/versions/latest"] = (
+        200,
+        {"is_compatible": False},
+    )
+    registry.answers["GET /config/scores-value?defaultToGlobal=true"] = (200, {"compatibilityLevel": "FULL"})
+
+    code, _, err = check(framed(tmp_path, registry.url))
+
+    assert code == 2
+    assert err == (
+        "rtml-worker: error: output.schema: the registry would refuse it under scores-value: not compatible "
+        "with the subject's latest version (compatibility FULL)\n"
+    )
+
+
+def test_check_without_auto_register_needs_the_schema_registered(tmp_path: Path, registry: Registry) -> None:
+    code, _, err = check(framed(tmp_path, registry.url, schema_registry__auto_register=False))
+
+    assert code == 2
+    assert err.startswith("rtml-worker: error: output.schema: not registered under scores-value")
+    assert not [asked for asked in registry.seen if asked.endswith("/versions")]

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.avro import wire
-from worker.avro.registry import SchemaNotFound, SchemaRegistryClient
+from worker.avro.registry import SchemaNotFound, SchemaRefused, SchemaRegistryClient
 from worker.avro.schema import AvroSchema, Kind, layout, leaf_kind, null_branch, type_name
 from worker.columns import Batch, Column, batch_len
 from worker.errors import ConfigError, EncodeError
@@ -81,20 +81,38 @@ class ScoreEncoder:
 
     @classmethod
     def for_topic(
-        cls, schema: AvroSchema, topic: str, registry: SchemaRegistryClient, *, auto_register: bool = True
+        cls,
+        schema: AvroSchema,
+        topic: str,
+        registry: SchemaRegistryClient,
+        *,
+        auto_register: bool = True,
+        dry_run: bool = False,
     ) -> ScoreEncoder:
         """Confluent framing with the id of ``schema`` under ``<topic>-value``; registered when allowed.
 
-        Called at start; blocks on the registry; raises ConfigError if the schema is refused or, without
-        auto-registration, not registered; RegistryUnavailable when the registry cannot be reached.
+        Called at start; blocks on the registry; raises ConfigError (field ``output.schema``) if the schema is
+        refused or, without auto-registration, not registered; RegistryUnavailable when the registry cannot be
+        reached. ``dry_run`` (``run --check``) registers nothing: it looks the id up and, when the schema has
+        none yet and would be registered, asks whether the registry would accept it; that encoder then has no
+        id (``schema_id`` None): it is for checking, never for encoding.
         """
-        subject = f"{topic}-value"
-        if auto_register:
-            return cls(schema, schema_id=registry.register(subject, schema))
+        subject, field = f"{topic}-value", "output.schema"
         try:
+            if auto_register and not dry_run:
+                return cls(schema, schema_id=registry.register(subject, schema))
             return cls(schema, schema_id=registry.lookup(subject, schema))
+        except SchemaRefused as exc:
+            raise ConfigError(f"the registry refused it under {subject}: {exc}", field=field) from exc
         except SchemaNotFound as exc:
-            raise ConfigError(f"schema not registered under {subject!r}", field="output.schema") from exc
+            if not auto_register:
+                message = f"not registered under {subject}, and schema_registry.auto_register is false"
+                raise ConfigError(f"{message}: register it first", field=field) from exc
+        if not registry.compatible(subject, schema):
+            level = registry.compatibility(subject)
+            raise ConfigError(f"the registry would refuse it under {subject}: not compatible with the "
+                              f"subject's latest version (compatibility {level})", field=field)  # fmt: skip
+        return cls(schema)
 
     def encode(
         self,

@@ -54,6 +54,10 @@ class SchemaNotFound(LookupError):
     """The registry does not know this schema id (or this schema under this subject)."""
 
 
+class SchemaRefused(ConfigError):
+    """The registry refused to register a schema (409/422): it does not fit the subject."""
+
+
 class SchemaRegistryClient:
     """Fetches and registers Avro schemas; ``schema_by_id`` answers from its cache after the first call."""
 
@@ -124,6 +128,31 @@ class SchemaRegistryClient:
         path = f"/subjects/{_quote(subject)}"
         return _schema_id(self._request("POST", path, {"schema": schema.text}), path)
 
+    def compatible(self, subject: str, schema: AvroSchema) -> bool:
+        """Whether ``register`` would accept ``schema`` under ``subject``; registers nothing.
+
+        Confluent's rule: compatible with the subject's latest version under its compatibility level, and a
+        subject that does not exist yet accepts anything. Apicurio's ccompat API answers false even where the
+        level is NONE and registering succeeds, so a false is checked against the level.
+        """
+        path = f"/compatibility/subjects/{_quote(subject)}/versions/latest"
+        try:
+            body = self._request("POST", path, {"schema": schema.text})
+        except SchemaNotFound:  # no such subject, or no version of it yet
+            return True
+        if not isinstance(body, dict) or not isinstance(body.get("is_compatible"), bool):
+            raise RegistryUnavailable(f"POST {path}: the registry's answer has no is_compatible")
+        return bool(body["is_compatible"]) or self.compatibility(subject) == "NONE"
+
+    def compatibility(self, subject: str) -> str:
+        """The compatibility level ``subject`` is checked with (its own, else the registry's default)."""
+        path = f"/config/{_quote(subject)}?defaultToGlobal=true"
+        body = self._request("GET", path)
+        level = body.get("compatibilityLevel", body.get("compatibility")) if isinstance(body, dict) else None
+        if not isinstance(level, str):
+            raise RegistryUnavailable(f"GET {path}: the registry's answer has no compatibility level")
+        return level
+
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
         """One call with bounded retries on transient faults; translates every failure into our tree.
 
@@ -148,7 +177,7 @@ class SchemaRegistryClient:
                 if exc.code == 404:
                     raise SchemaNotFound(f"{method} {path}: not found ({detail})") from exc
                 if exc.code in (409, 422):
-                    raise ConfigError(f"the registry refused the schema: {detail}", field=path) from exc
+                    raise SchemaRefused(f"{method} {path}: {detail}") from exc
                 if exc.code < 500 and exc.code != 429:
                     raise RegistryUnavailable(f"registry answered {exc.code} to {method} {path}") from exc
             except _TRANSIENT as exc:

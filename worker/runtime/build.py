@@ -38,8 +38,14 @@ def _schema(path: object, field: str) -> AvroSchema:
 def build_pipeline(
     settings: Settings,
     registry: SchemaRegistryClient | None,
+    *,
+    dry_run: bool = False,
 ) -> Pipeline:
-    """Decoder, compiled graph and encoder for ``settings``; may block on the registry and model loading."""
+    """Decoder, compiled graph and encoder for ``settings``; may block on the registry and model loading.
+
+    ``dry_run`` (``run --check``) registers nothing: the encoder of an output schema not registered yet has
+    no id (see ``ScoreEncoder.for_topic``), and such a pipeline is for checking only.
+    """
     reader = _schema(settings.input.reader_schema, "input.reader_schema")
     limits = Limits()
     if settings.input.framing == "confluent":
@@ -61,7 +67,7 @@ def build_pipeline(
     if settings.output.framing == "confluent":
         if registry is None:
             raise ConfigError("Confluent framing needs a registry url", field="schema_registry.url")
-        encoder = ScoreEncoder.for_topic(score_schema, settings.output.topic, registry,
+        encoder = ScoreEncoder.for_topic(score_schema, settings.output.topic, registry, dry_run=dry_run,
                                          auto_register=settings.schema_registry.auto_register)  # fmt: skip
     else:
         encoder = ScoreEncoder(score_schema)
