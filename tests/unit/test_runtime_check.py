@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -101,6 +103,7 @@ def test_an_output_schema_that_does_not_fit_the_graph_fails_the_check(
 # --- with a registry: a local stub answering as told, recording what it was asked --------------------------
 
 Answer = tuple[int, Any]  # status, and a JSON body (bytes are sent as they are)
+PREFIX = "/apis/ccompat/v7"
 
 
 class Registry:
@@ -110,6 +113,12 @@ class Registry:
         self.answers: dict[str, Answer] = {"GET /subjects": (200, [])}
         self.seen: list[str] = []
         self.url = ""
+        self.delay_s = 0.0  # before answering
+
+
+class Quiet(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that gave up (the timeout test) is not the stub's error
 
 
 @pytest.fixture
@@ -119,9 +128,12 @@ def registry() -> Iterator[Registry]:
     class Handler(BaseHTTPRequestHandler):
         def _answer(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            asked = f"{self.command} {self.path.removeprefix('/apis/ccompat/v7')}"
+            time.sleep(state.delay_s)
+            asked = f"{self.command} {self.path.removeprefix(PREFIX)}"
             state.seen.append(asked)
             status, body = state.answers.get(asked, (404, {"error_code": 40401, "message": "not found"}))
+            if not self.path.startswith(PREFIX):  # Apicurio's answer outside its ccompat API
+                status, body = 404, {"title": "RESTEASY003210: Could not find resource", "status": 404}
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Length", str(len(data)))
@@ -133,10 +145,10 @@ def registry() -> Iterator[Registry]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = Quiet(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/apis/ccompat/v7"
+    state.url = f"http://127.0.0.1:{server.server_address[1]}{PREFIX}"
     yield state
     server.shutdown()
     server.server_close()
@@ -163,6 +175,7 @@ def test_check_registers_nothing_and_says_a_new_subject_would_be_accepted(
     assert "POST /subjects/scores-value/versions" not in registry.seen  # before: registered as a side effect
     assert "POST /compatibility/subjects/scores-value/versions/latest" in registry.seen
     assert "ok: output schema not registered under scores-value yet; the registry accepts it" in out
+    assert f"ok: schema_registry.url {registry.url} answers\n" in out
 
 
 def test_check_gives_the_id_of_a_schema_already_registered(tmp_path: Path, registry: Registry) -> None:
@@ -200,3 +213,112 @@ def test_check_without_auto_register_needs_the_schema_registered(tmp_path: Path,
     assert code == 2
     assert err.startswith("rtml-worker: error: output.schema: not registered under scores-value")
     assert not [asked for asked in registry.seen if asked.endswith("/versions")]
+
+
+# --- a registry that is not there, or not one: one line naming the setting, exit code 2 ---------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def one_line(code: int, out: str, err: str) -> str:
+    assert (code, out) == (2, "")
+    assert err.startswith("rtml-worker: error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    return err.removeprefix("rtml-worker: error: ").rstrip("\n")
+
+
+def test_a_registry_on_a_closed_port_is_one_line(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/apis/ccompat/v7"
+    message = one_line(*check(framed(tmp_path, url)))
+    reason = "GET /subjects: connection refused; 5 attempts"
+    assert message == f"schema_registry.url: no registry answers at {url} ({reason})"
+
+
+def test_a_registry_url_without_the_ccompat_path_is_one_line(tmp_path: Path, registry: Registry) -> None:
+    url = registry.url.removesuffix(PREFIX)  # before: SchemaNotFound, with a traceback
+    message = one_line(*check(framed(tmp_path, url)))
+    assert message == (
+        f"schema_registry.url: no Confluent-compatible registry answers at {url} (HTTP 404 on /subjects); "
+        "does the URL end in /apis/ccompat/v7?"
+    )
+
+
+def test_https_on_a_plain_http_port_is_one_line(tmp_path: Path, registry: Registry) -> None:
+    url = registry.url.replace("http://", "https://")
+    message = one_line(*check(framed(tmp_path, url)))
+    assert message.startswith(
+        f"schema_registry.url: no registry answers at {url} (GET /subjects: TLS handshake failed"
+    )
+    assert "does the port speak plain http?" in message
+
+
+def test_an_unresolvable_registry_host_is_one_line(tmp_path: Path) -> None:
+    url = "http://registry.invalid:8081/apis/ccompat/v7"
+    message = one_line(*check(framed(tmp_path, url)))
+    assert message.startswith(
+        f"schema_registry.url: no registry answers at {url} (GET /subjects: cannot resolve"
+    )
+
+
+def test_a_registry_that_does_not_answer_in_time_is_one_line(tmp_path: Path, registry: Registry) -> None:
+    registry.delay_s = 1.0
+    config = framed(tmp_path, registry.url, schema_registry__timeout_s=0.1)
+    message = one_line(*check(config))
+    assert message == (
+        f"schema_registry.url: no registry answers at {registry.url} (GET /subjects: no answer within 0.1 s; "
+        "5 attempts)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ((200, b"[" * 100_000 + b"]" * 100_000), "GET /subjects: the answer is nested too deeply to parse"),
+        ((200, {"subjects": []}), "GET /subjects gave no list of subjects"),
+    ],
+    ids=["nested-too-deeply", "not-a-list"],
+)
+def test_an_answer_that_is_not_a_registrys_is_one_line(
+    tmp_path: Path, registry: Registry, answer: Answer, reason: str
+) -> None:
+    registry.answers["GET /subjects"] = answer
+    message = one_line(*check(framed(tmp_path, registry.url)))
+    assert message == (
+        f"schema_registry.url: no Confluent-compatible registry answers at {registry.url} ({reason}); "
+        "does the URL end in /apis/ccompat/v7?"
+    )
+
+
+def test_a_registry_that_wants_credentials_is_one_line(tmp_path: Path, registry: Registry) -> None:
+    registry.answers["GET /subjects"] = (401, {"error_code": 401, "message": "Unauthorized"})
+    message = one_line(*check(framed(tmp_path, registry.url)))
+    assert message == (
+        f"schema_registry.url: the registry at {registry.url} wants credentials (HTTP 401 on /subjects); "
+        "set schema_registry.basic_auth_user_info or schema_registry.bearer_token"
+    )
+    config = framed(tmp_path, registry.url, schema_registry__bearer_token="expired",
+                    schema_registry__allow_plaintext_credentials=True)  # fmt: skip
+    message = one_line(*check(config))
+    assert message == (
+        f"schema_registry.bearer_token: the registry at {registry.url} refused the credentials "
+        "(HTTP 401 on /subjects)"
+    )
+
+
+def test_a_failing_registry_stops_run_at_start_with_the_same_line(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{closed_port()}/apis/ccompat/v7"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["run", "--config", str(framed(tmp_path, url))])  # fails before any Kafka client
+    assert one_line(code, out.getvalue(), err.getvalue()).startswith(
+        f"schema_registry.url: no registry answers at {url}"
+    )
+
+
+def test_credentials_in_the_url_are_not_shown(tmp_path: Path) -> None:
+    url = f"http://user:secret@127.0.0.1:{closed_port()}/apis/ccompat/v7"
+    message = one_line(*check(framed(tmp_path, url)))
+    assert "secret" not in message and "http://***@127.0.0.1:" in message

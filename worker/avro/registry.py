@@ -5,14 +5,20 @@ Faults are split by who must act: an unknown id (404) is ``SchemaNotFound`` (the
 and so is an answer that cannot be a schema (larger than ``MAX_ANSWER_BYTES``, nested too deeply to parse, not
 a JSON object): asking again would get the same answer. Unreachable, timeouts, 5xx and 429 are retried with
 bounded exponential backoff while the caller waits, then ``RegistryUnavailable`` (infrastructure: retry the
-batch or stop, never dead-letter). A refused registration (409/422) is a ``ConfigError`` (the output schema
-does not fit the subject). Thread-safe; calls block.
+batch or stop, never dead-letter); a TLS failure is not retried. Two kinds of it say more: ``NotARegistry``
+(``subjects`` got a 404, or an answer no Confluent-compatible registry gives) and ``RegistryDenied``
+(401/403). A refused registration (409/422) is ``SchemaRefused``, a ``ConfigError`` (the output schema does
+not fit the subject). Messages say what failed in words, never with credentials. Thread-safe; calls block.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import json
+import re
+import socket
+import ssl
 import threading
 import time
 import urllib.error
@@ -31,7 +37,7 @@ MAX_MISSING = 10_000  # unknown ids remembered at once
 MAX_ANSWER_BYTES = 8 * 1024 * 1024  # a registry answer is read no further: a schema is far smaller
 _MAX_DETAIL_BYTES = 64 * 1024  # of an error answer, for its message
 # Retried: the network, and an answer that is not JSON at all (a proxy's error page, a cut-off body).
-_TRANSIENT = (urllib.error.URLError, TimeoutError, ConnectionError, ValueError)
+_TRANSIENT = (urllib.error.URLError, OSError, http.client.HTTPException, ValueError)
 
 
 class RegistryConfig(BaseModel):
@@ -56,6 +62,14 @@ class SchemaNotFound(LookupError):
 
 class SchemaRefused(ConfigError):
     """The registry refused to register a schema (409/422): it does not fit the subject."""
+
+
+class NotARegistry(RegistryUnavailable):
+    """Something answers at the URL, but not as a Confluent-compatible registry (a wrong path, say)."""
+
+
+class RegistryDenied(RegistryUnavailable):
+    """The registry refused the request's credentials, or their absence (401/403)."""
 
 
 class SchemaRegistryClient:
@@ -118,6 +132,20 @@ class SchemaRegistryClient:
         except (SchemaParseError, KeyError) as exc:
             raise SchemaNotFound(f"schema {schema_id} is not valid Avro: {exc}") from exc
 
+    def subjects(self) -> list[str]:
+        """The registry's subjects: the call that tells a Confluent-compatible registry from anything else.
+
+        Raises NotARegistry when the answer is a 404 or not a list of subjects, RegistryDenied, or
+        RegistryUnavailable.
+        """
+        try:
+            body = self._request("GET", "/subjects")
+        except SchemaNotFound as exc:
+            raise NotARegistry(str(exc)) from exc
+        if not isinstance(body, list) or not all(isinstance(s, str) for s in body):
+            raise NotARegistry("GET /subjects gave no list of subjects")
+        return body
+
     def register(self, subject: str, schema: AvroSchema) -> int:
         """Register ``schema`` under ``subject`` (idempotent); its id. Raises ConfigError when refused."""
         path = f"/subjects/{_quote(subject)}/versions"
@@ -175,16 +203,45 @@ class SchemaRegistryClient:
                 detail = _detail(exc)
                 exc.close()  # an error response still holds its connection
                 if exc.code == 404:
+                    if path == "/subjects":  # the one path every registry serves: the URL is wrong
+                        raise SchemaNotFound(f"HTTP 404 on {path}") from exc
                     raise SchemaNotFound(f"{method} {path}: not found ({detail})") from exc
+                if exc.code in (401, 403):
+                    raise RegistryDenied(f"HTTP {exc.code} on {path}") from exc
                 if exc.code in (409, 422):
                     raise SchemaRefused(f"{method} {path}: {detail}") from exc
                 if exc.code < 500 and exc.code != 429:
                     raise RegistryUnavailable(f"registry answered {exc.code} to {method} {path}") from exc
             except _TRANSIENT as exc:
-                last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-        raise RegistryUnavailable(
-            f"registry unreachable after {self.config.max_retries + 1} attempts ({method} {path}: {last})"
-        )
+                last = _reason(exc, self.config.timeout_s)
+                if isinstance(getattr(exc, "reason", exc), ssl.SSLError):  # a setting, not a moment: no retry
+                    raise RegistryUnavailable(f"{method} {path}: {last}") from exc
+        raise RegistryUnavailable(f"{method} {path}: {last}; {self.config.max_retries + 1} attempts")
+
+
+def display_url(url: str) -> str:
+    """``url`` as it may be shown: any user and password in it replaced by ``***``."""
+    return re.sub(r"//[^/@]*@", "//***@", url, count=1)
+
+
+def _reason(exc: BaseException, timeout_s: float) -> str:
+    """One failed attempt in words (urllib wraps the cause of a failed connection in ``reason``)."""
+    cause = getattr(exc, "reason", exc)
+    if isinstance(cause, ssl.SSLError):
+        detail = getattr(cause, "verify_message", None) or cause.reason or str(cause)
+        hint = "; does the port speak plain http?" if cause.reason == "WRONG_VERSION_NUMBER" else ""
+        return f"TLS handshake failed ({detail}){hint}"
+    if isinstance(cause, socket.gaierror):
+        return f"cannot resolve the host ({cause.strerror})"
+    if isinstance(cause, TimeoutError):
+        return f"no answer within {timeout_s:g} s"
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, http.client.HTTPException | ConnectionError):
+        return f"the connection broke ({cause}): not an HTTP server?"
+    if isinstance(cause, ValueError):
+        return "the answer is not JSON"
+    return str(getattr(cause, "strerror", None) or cause)
 
 
 def _quote(subject: str) -> str:

@@ -6,12 +6,22 @@ joins its consumer group, with a ``ConfigError`` naming the field or node.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from worker.avro.decoder import BatchDecoder
 from worker.avro.encoder import ScoreEncoder
 from worker.avro.guards import Limits
-from worker.avro.registry import RegistryConfig, SchemaRegistryClient
+from worker.avro.registry import (
+    NotARegistry,
+    RegistryConfig,
+    RegistryDenied,
+    SchemaNotFound,
+    SchemaRegistryClient,
+    display_url,
+)
 from worker.avro.schema import AvroSchema, SchemaParseError
-from worker.errors import ConfigError
+from worker.errors import ConfigError, RegistryUnavailable
 from worker.graph import compile_graph, load_graph
 from worker.models.store import ModelStore
 from worker.runtime.config import Settings
@@ -64,11 +74,44 @@ def build_pipeline(
     )
     score_schema = _schema(settings.output.schema_path, "output.schema")
     check_outputs(score_schema, graph.outputs)  # before the schema is registered anywhere
+    if registry is not None and uses_registry(settings):
+        with registry_errors(settings):
+            registry.subjects()  # a wrong URL is named here, not as a missing schema later
     if settings.output.framing == "confluent":
         if registry is None:
             raise ConfigError("Confluent framing needs a registry url", field="schema_registry.url")
-        encoder = ScoreEncoder.for_topic(score_schema, settings.output.topic, registry, dry_run=dry_run,
-                                         auto_register=settings.schema_registry.auto_register)  # fmt: skip
+        auto_register = settings.schema_registry.auto_register
+        with registry_errors(settings):
+            encoder = ScoreEncoder.for_topic(score_schema, settings.output.topic, registry,
+                                             auto_register=auto_register, dry_run=dry_run)  # fmt: skip
     else:
         encoder = ScoreEncoder(score_schema)
     return Pipeline(decoder, graph, encoder)
+
+
+def uses_registry(settings: Settings) -> bool:
+    return "confluent" in (settings.input.framing, settings.output.framing)
+
+
+@contextmanager
+def registry_errors(settings: Settings) -> Iterator[None]:
+    """Registry failures at start as one ConfigError naming the setting to fix (the client has retried)."""
+    registry = settings.schema_registry
+    url = display_url(registry.url or "")
+    try:
+        yield
+    except RegistryDenied as exc:
+        if registry.basic_auth_user_info or registry.basic_auth_user_info_file:
+            field = "schema_registry.basic_auth_user_info"
+        elif registry.bearer_token or registry.bearer_token_file:
+            field = "schema_registry.bearer_token"
+        else:
+            raise ConfigError(f"the registry at {url} wants credentials ({exc}); set schema_registry."
+                              "basic_auth_user_info or schema_registry.bearer_token",
+                              field="schema_registry.url") from None  # fmt: skip
+        raise ConfigError(f"the registry at {url} refused the credentials ({exc})", field=field) from None
+    except (NotARegistry, SchemaNotFound) as exc:  # SchemaNotFound: a 404 where the API has a path
+        raise ConfigError(f"no Confluent-compatible registry answers at {url} ({exc}); does the URL end in "
+                          "/apis/ccompat/v7?", field="schema_registry.url") from None  # fmt: skip
+    except RegistryUnavailable as exc:
+        raise ConfigError(f"no registry answers at {url} ({exc})", field="schema_registry.url") from None

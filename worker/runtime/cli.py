@@ -8,7 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from worker.runtime.build import build_pipeline, registry_client
+from worker.avro.registry import display_url
+from worker.runtime.build import build_pipeline, registry_client, uses_registry
 from worker.runtime.config import Settings, load_settings
 from worker.runtime.health import Health, HealthServer
 from worker.runtime.logs import configure_logging
@@ -69,6 +70,8 @@ def _report(settings: Settings, pipeline: Pipeline) -> list[str]:
         f"graph {graph.spec.name} ({graph.digest[:12]}), models {models}",
         f"output schema {output.schema_path} fits the graph's {len(graph.outputs)} outputs",
     ]
+    if uses_registry(settings):
+        lines.append(f"schema_registry.url {display_url(settings.schema_registry.url or '')} answers")
     if output.framing == "confluent":
         subject, schema_id = f"{output.topic}-value", pipeline.encoder.schema_id
         if schema_id is None:
