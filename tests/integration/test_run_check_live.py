@@ -5,6 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import socket
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -28,7 +32,10 @@ GRAPH = {
 }
 
 
-def write_config(tmp_path: Path, bootstrap: str, registry_url: str, topics: dict[str, str]) -> Path:
+def write_config(
+    tmp_path: Path, bootstrap: str, registry_url: str, topics: dict[str, str], *, kafka: str = ""
+) -> Path:
+    """A TOML config for ``topics``; ``kafka`` adds lines to its [kafka] table."""
     (tmp_path / "event.avsc").write_text(json.dumps(EVENT))
     (tmp_path / "score.avsc").write_text(json.dumps(SCORE))
     (tmp_path / "graph.json").write_text(json.dumps(GRAPH))
@@ -36,9 +43,11 @@ def write_config(tmp_path: Path, bootstrap: str, registry_url: str, topics: dict
 group_id = "{topics["group"]}"
 graph = "{tmp_path / "graph.json"}"
 model_store = "{tmp_path / "models"}"
+metrics_port = 0
 
 [kafka]
 bootstrap_servers = "{bootstrap}"
+{kafka}
 
 [schema_registry]
 url = "{registry_url}"
@@ -140,3 +149,33 @@ def set_compatibility(registry_url: str, subject: str, level: str) -> None:
     )
     with urllib.request.urlopen(request, timeout=10) as answer:
         answer.read()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_run_with_an_unreachable_broker_fails_within_the_startup_timeout(
+    tmp_path: Path, bootstrap_servers: str, schema_registry_url: str, topics: dict[str, str]
+) -> None:
+    port = closed_port()
+    # The registry is there; only the broker is missing.
+    config = write_config(
+        tmp_path, f"127.0.0.1:{port}", schema_registry_url, topics, kafka="startup_timeout_s = 3"
+    )
+    started = time.monotonic()
+    # Before: the worker retried forever (about 40 log lines a second, /healthz 200).
+    done = subprocess.run([sys.executable, "-m", "worker", "run", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    elapsed = time.monotonic() - started
+
+    assert done.returncode == 2 and done.stdout == ""
+    *logs, last = done.stderr.splitlines()
+    assert last == (
+        f"rtml-worker: error: kafka.bootstrap_servers: no broker answered at 127.0.0.1:{port} within 3 s "
+        f"(kafka.startup_timeout_s); last error: Connect to ipv4#127.0.0.1:{port} failed: Connection refused"
+    )
+    assert all(json.loads(line)["logger"] for line in logs)  # librdkafka's lines as JSON logs, no raw ones
+    assert 3 <= elapsed < 3 + 20  # the timeout, plus start-up (imports, the registry) on a loaded machine

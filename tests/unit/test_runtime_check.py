@@ -11,11 +11,16 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from worker.cli import main
+from worker.errors import ConfigError
+from worker.runtime.config import Settings, load_settings
+from worker.runtime.preflight import admin_config, wait_for_broker
 
 EVENT = {"type": "record", "name": "Event", "fields": [{"name": "id", "type": "string"},
          {"name": "flag", "type": "boolean"}]}  # fmt: skip
@@ -54,9 +59,9 @@ def write_config(tmp_path: Path, *, score: dict[str, Any] = SCORE, **settings: A
 
 
 def _toml(values: dict[str, Any], prefix: str = "") -> str:
-    plain = [f"{k} = {json.dumps(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    plain = [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in values.items() if not isinstance(v, dict)]
     tables = [_toml(v, f"{prefix}{k}.") for k, v in values.items() if isinstance(v, dict)]
-    head = f"[{prefix.rstrip('.')}]\n" if prefix else ""
+    head = f"[{prefix.rstrip('.')}]\n" if prefix else ""  # table names here have no dots of their own
     return head + "\n".join(plain) + "\n\n" + "".join(tables)
 
 
@@ -322,3 +327,102 @@ def test_credentials_in_the_url_are_not_shown(tmp_path: Path) -> None:
     url = f"http://user:secret@127.0.0.1:{closed_port()}/apis/ccompat/v7"
     message = one_line(*check(framed(tmp_path, url)))
     assert "secret" not in message and "http://***@127.0.0.1:" in message
+
+
+# --- the broker: run waits for it at start, at most kafka.startup_timeout_s -------------------------------
+
+
+class FakeAdmin:
+    """An admin client whose metadata calls fail with ``failure`` (None: they answer), after ``reported``
+    errors reach the error callback; each call costs ``cost_s`` of the fake clock."""
+
+    def __init__(self, clock: list[float], on_error: Any, reported: list[KafkaError], cost_s: float = 1.0):
+        self.clock, self.on_error, self.reported, self.cost_s = clock, on_error, reported, cost_s
+        self.failure: KafkaError | None = KafkaError(KafkaError._TRANSPORT, "Failed to get metadata")
+        self.calls = 0
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        self.calls += 1
+        self.clock[0] += min(self.cost_s, timeout)
+        if self.failure is not None:
+            raise KafkaException(self.failure)
+        return SimpleNamespace(brokers={1: None}, cluster_id="c1")
+
+    def poll(self, timeout: float = 0) -> int:
+        for error in self.reported:
+            self.on_error(error)
+        return len(self.reported)
+
+
+def settings_of(tmp_path: Path, **kafka: Any) -> Settings:
+    return load_settings(write_config(tmp_path, **{f"kafka__{k}": v for k, v in kafka.items()}))
+
+
+def fake_admins(reported: list[KafkaError], clock: list[float]) -> tuple[list[FakeAdmin], Any]:
+    made: list[FakeAdmin] = []
+
+    def admins(settings: Settings, role: str, on_error: Any) -> FakeAdmin:
+        made.append(FakeAdmin(clock, on_error, reported))
+        return made[-1]
+
+    return made, admins
+
+
+def test_a_broker_that_never_answers_fails_after_the_startup_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [0.0]
+    refused = ("127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: Connection refused "
+               "(after 0ms in state CONNECT)")  # fmt: skip
+    reported = [
+        KafkaError(KafkaError._TRANSPORT, refused),
+        KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"),
+    ]
+    made, admins = fake_admins(reported, clock)
+
+    with pytest.raises(ConfigError) as caught:
+        settings = settings_of(tmp_path, startup_timeout_s=5, bootstrap_servers="127.0.0.1:1")
+        wait_for_broker(settings, admins=admins, clock=lambda: clock[0])
+
+    assert str(caught.value) == (
+        "kafka.bootstrap_servers: no broker answered at 127.0.0.1:1 within 5 s (kafka.startup_timeout_s); "
+        "last error: Connect to ipv4#127.0.0.1:1 failed: Connection refused"
+    )
+    assert clock[0] == 5 and made[0].calls == 5
+
+
+def test_a_broker_that_answers_late_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    made, admins = fake_admins([], clock)
+    original = FakeAdmin.list_topics
+
+    def late(self: FakeAdmin, topic: str | None = None, timeout: float = -1) -> Any:
+        self.failure = None if self.calls >= 2 else self.failure
+        return original(self, topic, timeout)
+
+    monkeypatch.setattr(FakeAdmin, "list_topics", late)
+    wait_for_broker(settings_of(tmp_path, startup_timeout_s=30), admins=admins, clock=lambda: clock[0])
+    assert made[0].calls == 3
+
+
+def test_a_refused_sasl_authentication_fails_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    said = "b:9093/bootstrap: SASL authentication error: Authentication failed (after 5ms in state AUTH_REQ)"
+    made, admins = fake_admins([KafkaError(KafkaError._AUTHENTICATION, said)], clock)
+
+    message = (
+        r"^kafka.sasl_username: .* refused the authentication \(SASL authentication error: Authentication"
+    )
+    with pytest.raises(ConfigError, match=message):
+        wait_for_broker(settings_of(tmp_path, startup_timeout_s=30), admins=admins, clock=lambda: clock[0])
+    assert made[0].calls == 1
+
+
+def test_the_admin_client_takes_only_the_connection_keys_of_a_role_table(tmp_path: Path) -> None:
+    own = {"client.id": "reader", "fetch.wait.max.ms": 50, "socket.timeout.ms": 9000}
+    settings = settings_of(tmp_path, consumer_extra=own, extra={"fetch.wait.max.ms": 70})
+    config = admin_config(settings, "consumer")
+    assert config["client.id"] == "reader" and str(config["socket.timeout.ms"]) == "9000"
+    assert str(config["fetch.wait.max.ms"]) == "70"  # kafka.extra's value: meant for both clients
+    only_own = settings_of(tmp_path, consumer_extra={"fetch.wait.max.ms": 50})
+    assert "fetch.wait.max.ms" not in admin_config(only_own, "consumer")

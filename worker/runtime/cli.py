@@ -16,6 +16,7 @@ from worker.runtime.logs import configure_logging
 from worker.runtime.loop import Worker
 from worker.runtime.metrics import Metrics
 from worker.runtime.pipeline import Pipeline
+from worker.runtime.preflight import wait_for_broker
 
 log = logging.getLogger("worker.runtime")
 
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         return check(settings)
     metrics = Metrics()
     pipeline = build_pipeline(settings, registry_client(settings))
+    wait_for_broker(settings)  # bounded: a broker that never answers is one line, not a retry loop
     # Startup objects (models, schemas, the graph) live as long as the process: keep them out of the
     # collector's full passes, which otherwise stall a batch by tens of milliseconds.
     gc.collect()
