@@ -179,3 +179,53 @@ def test_run_with_an_unreachable_broker_fails_within_the_startup_timeout(
     )
     assert all(json.loads(line)["logger"] for line in logs)  # librdkafka's lines as JSON logs, no raw ones
     assert 3 <= elapsed < 3 + 20  # the timeout, plus start-up (imports, the registry) on a loaded machine
+
+
+def test_check_online_gives_the_broker_topics_and_permissions(
+    tmp_path: Path, bootstrap_servers: str, schema_registry_url: str, topics: dict[str, str]
+) -> None:
+    config = write_config(tmp_path, bootstrap_servers, schema_registry_url, topics)
+
+    code, out, err = check(config, "--online")
+
+    assert (code, err) == (0, "")
+    every = "(the broker allows every operation: no authorizer, or a super user)"  # the test broker has none
+    assert f"ok: kafka.bootstrap_servers {bootstrap_servers} answers: " in out
+    assert f"ok: input.topics {topics['input']}: 3 partitions; may read it {every}\n" in out
+    assert f"ok: output.topic {topics['output']}: 2 partitions; may write it {every}\n" in out
+    assert f"ok: dead_letter.topic {topics['dead_letter']}: 1 partition; may write it {every}\n" in out
+    assert f"ok: group_id {topics['group']}: may commit offsets for it {every}\n" in out
+    assert (
+        subject_versions(schema_registry_url, f"{topics['output']}-value") is None
+    )  # still nothing registered
+
+
+@pytest.mark.parametrize("missing", ["output", "input", "dead_letter"])
+def test_check_online_refuses_a_missing_topic_naming_its_setting(
+    tmp_path: Path, bootstrap_servers: str, schema_registry_url: str, topics: dict[str, str], missing: str
+) -> None:
+    absent = f"{topics[missing]}-absent"
+    config = write_config(tmp_path, bootstrap_servers, schema_registry_url, {**topics, missing: absent})
+
+    code, out, err = check(config, "--online")
+
+    setting = {"output": "output.topic", "input": "input.topics", "dead_letter": "dead_letter.topic"}[missing]
+    assert code == 2  # before: --online was not an option, and --check never contacted Kafka
+    assert (
+        err
+        == f"rtml-worker: error: {setting}: topic '{absent}' does not exist (the worker creates no topic)\n"
+    )
+    assert out.startswith("ok: graph passthrough")  # what passed before it, as ok lines
+
+
+def test_check_without_online_stays_off_kafka(
+    tmp_path: Path, schema_registry_url: str, topics: dict[str, str]
+) -> None:
+    config = write_config(tmp_path, f"127.0.0.1:{closed_port()}", schema_registry_url, topics)
+
+    code, out, err = check(config)
+
+    assert (code, err) == (0, "")
+    assert out.endswith(
+        "skipped: Kafka, not contacted (--online checks the broker, the topics and the permissions)\n"
+    )

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +21,7 @@ from confluent_kafka import KafkaError, KafkaException
 from worker.cli import main
 from worker.errors import ConfigError
 from worker.runtime.config import Settings, load_settings
-from worker.runtime.preflight import admin_config, wait_for_broker
+from worker.runtime.preflight import admin_config, check_online, wait_for_broker
 
 EVENT = {"type": "record", "name": "Event", "fields": [{"name": "id", "type": "string"},
          {"name": "flag", "type": "boolean"}]}  # fmt: skip
@@ -426,3 +427,128 @@ def test_the_admin_client_takes_only_the_connection_keys_of_a_role_table(tmp_pat
     assert str(config["fetch.wait.max.ms"]) == "70"  # kafka.extra's value: meant for both clients
     only_own = settings_of(tmp_path, consumer_extra={"fetch.wait.max.ms": 50})
     assert "fetch.wait.max.ms" not in admin_config(only_own, "consumer")
+
+
+# --- run --check --online: topics and permissions as the broker reports them -------------------------------
+
+EVERY_TOPIC_OP = [
+    "READ",
+    "WRITE",
+    "CREATE",
+    "DELETE",
+    "ALTER",
+    "DESCRIBE",
+    "DESCRIBE_CONFIGS",
+    "ALTER_CONFIGS",
+]
+
+
+def done(value: Any = None, error: KafkaError | None = None) -> Future[Any]:
+    future: Future[Any] = Future()
+    if error is not None:
+        future.set_exception(KafkaException(error))
+    else:
+        future.set_result(value)
+    return future
+
+
+class DescribingAdmin(FakeAdmin):
+    """Answers metadata at once, and describes topics and groups from ``ops`` (name -> operations, or a
+    KafkaError); remembers which role asked about what."""
+
+    def __init__(self, role: str, ops: dict[str, Any], asked: list[tuple[str, str]], on_error: Any) -> None:
+        super().__init__([0.0], on_error, [])
+        self.failure, self.role, self.ops, self.asked = None, role, ops, asked
+
+    def describe_topics(self, topics: Any, **kwargs: Any) -> dict[str, Future[Any]]:
+        assert kwargs["include_authorized_operations"] is True
+        return {name: self._describe(name, partitions=[0, 1]) for name in topics.topic_names}
+
+    def describe_consumer_groups(self, group_ids: list[str], **kwargs: Any) -> dict[str, Future[Any]]:
+        return {name: self._describe(name) for name in group_ids}
+
+    def _describe(self, name: str, **extra: Any) -> Future[Any]:
+        self.asked.append((self.role, name))
+        ops = self.ops.get(name, EVERY_TOPIC_OP)
+        if isinstance(ops, KafkaError):
+            return done(error=ops)
+        operations = None if ops is None else [SimpleNamespace(name=op) for op in ops]
+        return done(SimpleNamespace(authorized_operations=operations, **extra))
+
+
+def online(tmp_path: Path, ops: dict[str, Any]) -> tuple[list[str], list[tuple[str, str]]]:
+    asked: list[tuple[str, str]] = []
+
+    def admins(settings: Settings, role: str, on_error: Any) -> DescribingAdmin:
+        return DescribingAdmin(role, ops, asked, on_error)
+
+    return list(check_online(load_settings(write_config(tmp_path)), admins=admins)), asked
+
+
+def test_the_consumer_side_reads_and_commits_and_the_producer_side_writes(tmp_path: Path) -> None:
+    lines, asked = online(tmp_path, {"g": ["READ", "DESCRIBE"], "events": ["READ", "DESCRIBE"]})
+
+    every = "(the broker allows every operation: no authorizer, or a super user)"
+    assert lines[1:] == [
+        "input.topics events: 2 partitions; may read it",
+        f"output.topic scores: 2 partitions; may write it {every}",
+        f"dead_letter.topic dlq: 2 partitions; may write it {every}",
+        "group_id g: may commit offsets for it",
+    ]
+    assert asked == [("consumer", "events"), ("producer", "scores"), ("producer", "dlq"), ("consumer", "g")]
+
+
+@pytest.mark.parametrize(
+    ("ops", "message"),
+    [
+        (
+            {"events": ["DESCRIBE"]},
+            "input.topics: the principal may not read topic 'events' (allowed: DESCRIBE); "
+            "grant it READ on the topic",
+        ),
+        (
+            {"dlq": ["READ", "DESCRIBE"]},
+            "dead_letter.topic: the principal may not write topic 'dlq' (allowed: "
+            "DESCRIBE, READ); grant it WRITE on the topic",
+        ),
+        (
+            {"g": ["DESCRIBE"]},
+            "group_id: the principal may not commit offsets for group 'g' (allowed: DESCRIBE); "
+            "grant it READ on the group",
+        ),
+        (
+            {
+                "scores": KafkaError(
+                    KafkaError.TOPIC_AUTHORIZATION_FAILED, "Broker: Topic authorization failed"
+                )
+            },
+            "output.topic: cannot describe topic 'scores': Broker: Topic authorization failed",
+        ),
+        (
+            {"scores": KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, "Broker: Unknown topic or partition")},
+            "output.topic: topic 'scores' does not exist (the worker creates no topic)",
+        ),
+    ],
+    ids=["no-read", "no-write", "no-group-read", "not-authorized-to-describe", "missing"],
+)
+def test_a_missing_permission_or_topic_is_one_line_naming_its_setting(
+    tmp_path: Path, ops: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        online(tmp_path, ops)
+    assert str(caught.value) == message
+
+
+def test_a_broker_that_does_not_report_permissions_is_said_so(tmp_path: Path) -> None:
+    lines, _ = online(tmp_path, {"events": None})
+    assert "input.topics events: 2 partitions; may read it? (the broker does not report permissions)" in lines
+
+
+def test_online_without_check_is_refused(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["run", "--config", str(write_config(tmp_path)), "--online"])
+    assert (code, err.getvalue()) == (
+        2,
+        "rtml-worker: error: --online: only with --check (run --check --online)\n",
+    )

@@ -1,4 +1,4 @@
-"""``rtml-worker run``: one replica of the streaming worker; ``run --check`` validates and exits."""
+"""``rtml-worker run``: one replica of the streaming worker; ``run --check [--online]`` checks, exits."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.avro.registry import display_url
+from worker.errors import ConfigError
 from worker.runtime.build import build_pipeline, registry_client, uses_registry
 from worker.runtime.config import Settings, load_settings
 from worker.runtime.health import Health, HealthServer
@@ -16,7 +17,7 @@ from worker.runtime.logs import configure_logging
 from worker.runtime.loop import Worker
 from worker.runtime.metrics import Metrics
 from worker.runtime.pipeline import Pipeline
-from worker.runtime.preflight import wait_for_broker
+from worker.runtime.preflight import check_online, wait_for_broker
 
 log = logging.getLogger("worker.runtime")
 
@@ -33,14 +34,21 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="validate settings, graph, models, schemas and the registry, register nothing, then exit",
     )
+    parser.add_argument(
+        "--online",
+        action="store_true",
+        help="with --check: also the broker, the topics and the principal's permissions (describes only)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_logging(settings.log_level)
+    if args.online and not args.check:
+        raise ConfigError("only with --check (run --check --online)", field="--online")
     if args.check:
-        return check(settings)
+        return check(settings, online=args.online)
     metrics = Metrics()
     pipeline = build_pipeline(settings, registry_client(settings))
     wait_for_broker(settings)  # bounded: a broker that never answers is one line, not a retry loop
@@ -57,11 +65,19 @@ def run(args: argparse.Namespace) -> int:
         return Worker(settings, pipeline, metrics, health).run()
 
 
-def check(settings: Settings) -> int:
-    """``run --check``: build everything a replica builds, registering nothing; one ``ok:`` line each."""
+def check(settings: Settings, *, online: bool) -> int:
+    """``run --check``: build everything a replica builds, registering nothing; one ``ok:`` line each.
+
+    Kafka is contacted only when ``online``, and then only described (see ``preflight.check_online``).
+    """
     pipeline = build_pipeline(settings, registry_client(settings), dry_run=True)
     for line in _report(settings, pipeline):
-        print(f"ok: {line}")
+        print(f"ok: {line}", flush=True)
+    if not online:
+        print("skipped: Kafka, not contacted (--online checks the broker, the topics and the permissions)")
+        return 0
+    for line in check_online(settings):
+        print(f"ok: {line}", flush=True)
     return 0
 
 

@@ -1,9 +1,14 @@
-"""Before the worker joins its group: does the broker answer?
+"""Before the worker joins its group: does the broker answer, and (``run --check --online``) do the topics
+exist and may this principal use them?
 
 ``wait_for_broker`` is called by ``run`` before the Worker is built: a broker that does not answer within
 ``kafka.startup_timeout_s`` (down, unresolvable, a TLS mismatch) is one ``ConfigError`` naming
 ``kafka.bootstrap_servers``, and a refused SASL authentication one naming the SASL settings, not a worker
-that retries forever. It blocks for at most ``kafka.startup_timeout_s``.
+that retries forever. ``check_online`` adds the topics (their
+partition counts; a missing one named by the setting that names it) and the principal's permissions, as the
+broker reports them (``include_authorized_operations``): read the input topics and commit for the group with
+the consumer's settings, write the output and dead-letter topics with the producer's. It describes only:
+nothing is produced, committed or created. Both block, for at most ``kafka.startup_timeout_s`` per call.
 
 librdkafka's own lines go through ``worker.librdkafka`` (JSON logs, repeats suppressed), never to stderr.
 """
@@ -12,10 +17,11 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient
 
 from worker.errors import ConfigError
@@ -27,6 +33,11 @@ Role = Literal["consumer", "producer"]
 # (fetch.*, linger.ms, ...) belongs to the other client type, and librdkafka would warn about each key.
 _CONNECTION = ("bootstrap.", "security.", "sasl.", "ssl.", "socket.", "client.", "broker.", "reconnect.",
                "oauthbearer.", "connections.")  # fmt: skip
+# What a resource type's ACLs can grant: a broker without an authorizer reports all of it.
+_ALL_OPS = {
+    "topic": {"READ", "WRITE", "CREATE", "DELETE", "ALTER", "DESCRIBE", "DESCRIBE_CONFIGS", "ALTER_CONFIGS"},
+    "group": {"READ", "DELETE", "DESCRIBE", "DESCRIBE_CONFIGS", "ALTER_CONFIGS"},
+}
 _NOISE = re.compile(
     r"^\S+/(bootstrap|\d+): | \(after \d+ms in state \w+(, \d+ identical error\(s\) suppressed)?\)"
 )
@@ -36,6 +47,8 @@ class Admin(Protocol):
     """The AdminClient calls made here (``confluent_kafka.admin.AdminClient`` satisfies it)."""
 
     def list_topics(self, topic: str | None = ..., timeout: float = ...) -> Any: ...
+    def describe_topics(self, topics: TopicCollection, **kwargs: Any) -> dict[str, Any]: ...
+    def describe_consumer_groups(self, group_ids: list[str], **kwargs: Any) -> dict[str, Any]: ...
     def poll(self, timeout: float = ...) -> int: ...
 
 
@@ -102,3 +115,83 @@ def _connect(
 def _words(error: KafkaError) -> str:
     """librdkafka's reason without its broker prefix and timings: 'Connect to ... failed: ...'."""
     return _NOISE.sub("", error.str())
+
+
+@dataclass(frozen=True)
+class _Need:
+    """A topic (or the group) the worker uses, the setting that names it, and what it must be allowed."""
+
+    setting: str
+    name: str
+    operation: Literal["READ", "WRITE"]
+    role: Role
+    doing: str  # the operation, in words
+
+
+def check_online(settings: Settings, *, admins: AdminFactory = admin_client) -> Iterator[str]:
+    """The broker, each topic and the group, one ``ok`` line each as it is checked; raises ConfigError
+    naming the setting at the first that fails."""
+    timeout_s = settings.kafka.startup_timeout_s
+    consumer, metadata = _connect(settings, "consumer", admins, time.monotonic)
+    # The producer's settings may connect as another principal: the topics it writes are checked with them.
+    producer, _ = _connect(settings, "producer", admins, time.monotonic)
+    brokers = len(metadata.brokers)
+    yield (f"kafka.bootstrap_servers {settings.kafka.bootstrap_servers} answers: "
+           f"{brokers} broker{'s' * (brokers != 1)}, cluster {metadata.cluster_id}")  # fmt: skip
+    output, dead_letter = settings.output.topic, settings.dead_letter.topic
+    needs = [_Need("input.topics", t, "READ", "consumer", "read") for t in settings.input.topics]
+    needs += [_Need("output.topic", output, "WRITE", "producer", "write"),
+              _Need("dead_letter.topic", dead_letter, "WRITE", "producer", "write")]  # fmt: skip
+    for role, admin in (("consumer", consumer), ("producer", producer)):
+        mine = [n for n in needs if n.role == role]
+        names = list(dict.fromkeys(n.name for n in mine))
+        found = admin.describe_topics(TopicCollection(names), include_authorized_operations=True,
+                                      request_timeout=timeout_s)  # fmt: skip
+        for need in mine:
+            yield _topic(need, found[need.name], timeout_s)
+    yield _group(settings, consumer, timeout_s)
+
+
+def _described(future: Any, need: _Need, where: str, timeout_s: float) -> Any:
+    """The description ``future`` holds; a missing topic or a failed describe is a ConfigError."""
+    try:
+        return future.result(timeout=timeout_s)
+    except TimeoutError:
+        raise ConfigError(f"no description of {where} within {timeout_s:g} s", field=need.setting) from None
+    except KafkaException as exc:
+        error: KafkaError = exc.args[0]
+        if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            message = f"{where} does not exist (the worker creates no topic)"
+            raise ConfigError(message, field=need.setting) from None
+        raise ConfigError(f"cannot describe {where}: {error.str()}", field=need.setting) from None
+
+
+def _topic(need: _Need, future: Any, timeout_s: float) -> str:
+    where = f"topic {need.name!r}"
+    description = _described(future, need, where, timeout_s)
+    partitions = len(description.partitions)
+    allowed = _allowed(description.authorized_operations, need, "topic", where)
+    return f"{need.setting} {need.name}: {partitions} partition{'s' * (partitions != 1)}; {allowed}"
+
+
+def _group(settings: Settings, admin: Admin, timeout_s: float) -> str:
+    need = _Need("group_id", settings.group_id, "READ", "consumer", "commit offsets for")
+    where = f"group {need.name!r}"
+    found = admin.describe_consumer_groups([need.name], include_authorized_operations=True,
+                                           request_timeout=timeout_s)  # fmt: skip
+    description = _described(found[need.name], need, where, timeout_s)
+    return f"group_id {need.name}: {_allowed(description.authorized_operations, need, 'group', where)}"
+
+
+def _allowed(operations: list[Any] | None, need: _Need, kind: str, where: str) -> str:
+    """What the principal may do, in words; raises ConfigError when it may not do what the worker needs."""
+    if operations is None:  # a broker before Kafka 2.3 does not say
+        return f"may {need.doing} it? (the broker does not report permissions)"
+    granted = {str(getattr(op, "name", op)) for op in operations}  # AclOperation members
+    if not granted & {need.operation, "ALL"}:
+        allowed = ", ".join(sorted(granted)) or "nothing"
+        raise ConfigError(f"the principal may not {need.doing} {where} (allowed: {allowed}); grant it "
+                          f"{need.operation} on the {kind}", field=need.setting)  # fmt: skip
+    if granted >= _ALL_OPS[kind]:
+        return f"may {need.doing} it (the broker allows every operation: no authorizer, or a super user)"
+    return f"may {need.doing} it"
