@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -231,3 +233,37 @@ def test_an_incompatible_schema_is_not_compatible_unless_the_subject_checks_noth
     assert not registry.compatible("t-value", AvroSchema.parse(SCHEMA))
     assert registry.compatible("t-value", AvroSchema.parse(SCHEMA))
     assert state.seen[1][:2] == ("GET", "/api/config/t-value?defaultToGlobal=true")
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """A registry that accepts connections and never answers (a dead proxy, a half-open network)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}/api"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_a_call_to_a_registry_that_never_answers_ends_within_its_budget(blackhole: str) -> None:
+    # The loop calls the registry on its own thread: five timeouts in a row would stall it for their sum.
+    c = SchemaRegistryClient(RegistryConfig(url=blackhole, timeout_s=0.4, max_retries=4, call_budget_s=0.6))
+    started = time.monotonic()
+    with pytest.raises(RegistryUnavailable, match="no answer"):
+        c.schema_by_id(3)
+    assert time.monotonic() - started < 1.0

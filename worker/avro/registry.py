@@ -50,6 +50,9 @@ class RegistryConfig(BaseModel):
     bearer_token: str | None = Field(default=None, repr=False)
     timeout_s: float = Field(default=5.0, gt=0)
     max_retries: int = Field(default=4, ge=0)
+    # The whole call, attempts and backoff together, ends within this (None: no limit beyond the retries):
+    # the streaming loop calls on its own thread, and retries later itself while it keeps polling.
+    call_budget_s: float | None = Field(default=None, gt=0)
     backoff_initial_s: float = Field(default=0.1, ge=0)
     backoff_max_s: float = Field(default=2.0, ge=0)
     # An unknown id is remembered this long: a stream of records naming it costs one lookup, not one each.
@@ -190,13 +193,22 @@ class SchemaRegistryClient:
         url = self.config.url.rstrip("/") + path
         data = None if payload is None else json.dumps(payload).encode()
         last = "no attempt"
+        budget = self.config.call_budget_s
+        deadline = self._clock() + budget if budget is not None else None
+        attempts = 0
         for attempt in range(self.config.max_retries + 1):
+            timeout = self.config.timeout_s
             if attempt:
+                if deadline is not None and self._clock() + delay >= deadline:
+                    break  # the budget is spent: the caller retries later
                 self._sleep(delay)
                 delay = min(delay * 2, self.config.backoff_max_s)
+            if deadline is not None:
+                timeout = min(timeout, max(deadline - self._clock(), 0.001))
             request = urllib.request.Request(url, data=data, method=method, headers=self._headers)
+            attempts += 1
             try:
-                with urllib.request.urlopen(request, timeout=self.config.timeout_s) as response:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
                     return _parse(response.read(MAX_ANSWER_BYTES + 1), method, path)
             except urllib.error.HTTPError as exc:
                 last = f"HTTP {exc.code}"
@@ -213,10 +225,10 @@ class SchemaRegistryClient:
                 if exc.code < 500 and exc.code != 429:
                     raise RegistryUnavailable(f"registry answered {exc.code} to {method} {path}") from exc
             except _TRANSIENT as exc:
-                last = _reason(exc, self.config.timeout_s)
+                last = _reason(exc, timeout)
                 if isinstance(getattr(exc, "reason", exc), ssl.SSLError):  # a setting, not a moment: no retry
                     raise RegistryUnavailable(f"{method} {path}: {last}") from exc
-        raise RegistryUnavailable(f"{method} {path}: {last}; {self.config.max_retries + 1} attempts")
+        raise RegistryUnavailable(f"{method} {path}: {last}; {attempts} attempts")
 
 
 def display_url(url: str) -> str:

@@ -34,7 +34,8 @@ def registry_client(settings: Settings) -> SchemaRegistryClient | None:
     if registry.url is None:
         return None
     config = RegistryConfig(url=registry.url, basic_auth_user_info=registry.user_info(),
-                            bearer_token=registry.token(), timeout_s=registry.timeout_s)  # fmt: skip
+                            bearer_token=registry.token(), timeout_s=registry.timeout_s,
+                            call_budget_s=registry.call_budget_s)  # fmt: skip
     return SchemaRegistryClient(config)
 
 
