@@ -115,4 +115,9 @@ def registry_errors(settings: Settings) -> Iterator[None]:
         raise ConfigError(f"no Confluent-compatible registry answers at {url} ({exc}); does the URL end in "
                           "/apis/ccompat/v7?", field="schema_registry.url") from None  # fmt: skip
     except RegistryUnavailable as exc:
-        raise ConfigError(f"no registry answers at {url} ({exc})", field="schema_registry.url") from None
+        raise RegistryDown(f"no registry answers at {url} ({exc})", field="schema_registry.url") from None
+
+
+class RegistryDown(ConfigError):
+    """No registry answered at start (unreachable, timing out, 5xx): a moment, unlike a wrong URL or
+    refused credentials, so ``run`` waits for it a while before it gives up."""

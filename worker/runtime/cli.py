@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from worker.avro.registry import display_url
 from worker.errors import ConfigError
-from worker.runtime.build import build_pipeline, registry_client, uses_registry
+from worker.runtime.backoff import Backoff
+from worker.runtime.build import RegistryDown, build_pipeline, registry_client, uses_registry
+from worker.runtime.clients import KafkaClients
 from worker.runtime.config import Settings, load_settings
 from worker.runtime.health import Health, HealthServer
 from worker.runtime.logs import configure_logging
@@ -49,8 +53,24 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("only with --check (run --check --online)", field="--online")
     if args.check:
         return check(settings, online=args.online)
+    return serve(settings)
+
+
+def serve(
+    settings: Settings,
+    *,
+    clients: KafkaClients | None = None,
+    prepare: Callable[[Pipeline], Pipeline] | None = None,
+) -> int:
+    """One replica until it stops: the body of ``rtml-worker run``, its exit code.
+
+    ``clients`` (librdkafka's by default) and ``prepare`` (applied to the built pipeline) are for test
+    harnesses that inject faults around the real worker (tests/chaos).
+    """
     metrics = Metrics()
-    pipeline = build_pipeline(settings, registry_client(settings))
+    pipeline = _build_waiting(settings)
+    if prepare is not None:
+        pipeline = prepare(pipeline)
     wait_for_broker(settings)  # bounded: a broker that never answers is one line, not a retry loop
     # Startup objects (models, schemas, the graph) live as long as the process: keep them out of the
     # collector's full passes, which otherwise stall a batch by tens of milliseconds.
@@ -62,7 +82,24 @@ def run(args: argparse.Namespace) -> int:
         started = {"group_id": settings.group_id, "topics": settings.input.topics,
                    "delivery": settings.delivery, "graph_digest": pipeline.graph.digest}  # fmt: skip
         log.info("starting", extra=started)
-        return Worker(settings, pipeline, metrics, health).run()
+        return Worker(settings, pipeline, metrics, health, clients).run()
+
+
+def _build_waiting(settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> Pipeline:
+    """The pipeline; while no registry answers, tried again up to ``schema_registry.startup_timeout_s``, so
+    a replica restarted during a registry outage waits for it instead of crash-looping."""
+    deadline = time.monotonic() + settings.schema_registry.startup_timeout_s
+    backoff = Backoff(first_s=0.5, max_s=5.0)
+    while True:
+        try:
+            return build_pipeline(settings, registry_client(settings))
+        except RegistryDown as exc:
+            delay = backoff.next()
+            if time.monotonic() + delay > deadline:
+                raise
+            extra = {"error": str(exc), "retry_in_s": delay}
+            log.warning("schema registry unavailable at start: waiting", extra=extra)
+            sleep(delay)
 
 
 def check(settings: Settings, *, online: bool) -> int:

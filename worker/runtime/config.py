@@ -272,6 +272,8 @@ class RegistrySettings(_Strict):
     timeout_s: float = Field(5.0, gt=0)
     # The streaming loop's registry calls end within this, retries included; the loop retries later itself.
     call_budget_s: float = Field(6.0, gt=0)
+    # How long `run` waits at start for a registry that does not answer (a replica restarted in an outage).
+    startup_timeout_s: float = Field(30.0, ge=0)
     auto_register: bool = True
     # Credentials with an http:// url travel in clear: refused unless meant (a registry on localhost, a test).
     allow_plaintext_credentials: bool = False

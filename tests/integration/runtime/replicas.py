@@ -16,7 +16,7 @@ import json
 import random
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +61,25 @@ def _toml_value(value: Any) -> str:
 
 
 class Replica:
-    """One worker process; ``start`` may be called again after it ended (a restart, new log file)."""
+    """One worker process; ``start`` may be called again after it ended (a restart, new log file).
 
-    def __init__(self, name: str, config: Path, log_dir: Path, env: Mapping[str, str]) -> None:
+    ``command`` runs instead of ``python -m worker run`` (``--config FILE`` is appended): a wrapper that
+    injects faults around the real worker (tests/chaos/faulty_worker.py).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: Path,
+        log_dir: Path,
+        env: Mapping[str, str],
+        command: Sequence[str] | None = None,
+    ) -> None:
         self.name = name
         self.config = config
         self.log_dir = log_dir
         self.env = dict(env)
+        self.command = list(command) if command is not None else None
         self.starts = 0
         self.process: WorkerProcess | None = None  # the current (or last) start
         self.expected_exit = False  # set when the test stops it, so an exit of its own can be noticed
@@ -78,7 +90,11 @@ class Replica:
         self.starts += 1
         self.expected_exit = False
         log_path = self.log_dir / f"{self.name}.{self.starts}.log"
-        self.process = WorkerProcess.start(self.config, log_path, env=self.env, cwd=ROOT)
+        if self.command is None:
+            self.process = WorkerProcess.start(self.config, log_path, env=self.env, cwd=ROOT)
+        else:
+            args = [*self.command, "--config", str(self.config)]
+            self.process = WorkerProcess(args, log_path, env=self.env, cwd=ROOT)
 
     @property
     def log_path(self) -> Path | None:
@@ -151,11 +167,18 @@ class Replica:
 class Fleet:
     """The replicas of one group; ``replicas[i]`` has transactional id ``<group>-<i>`` across restarts."""
 
-    def __init__(self, config: Path, log_dir: Path, size: int, group_id: str) -> None:
-        self.replicas = [
-            Replica(f"replica-{i}", config, log_dir, {"RTML_TRANSACTIONAL_ID": f"{group_id}-{i}"})
-            for i in range(size)
-        ]
+    def __init__(
+        self,
+        config: Path,
+        log_dir: Path,
+        size: int,
+        group_id: str,
+        *,
+        command: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        ids = [{**(env or {}), "RTML_TRANSACTIONAL_ID": f"{group_id}-{i}"} for i in range(size)]
+        self.replicas = [Replica(f"replica-{i}", config, log_dir, ids[i], command) for i in range(size)]
 
     def start(self) -> None:
         for replica in self.replicas:
