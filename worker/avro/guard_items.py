@@ -55,9 +55,8 @@ _WALKED = Items(None)
 
 
 class Budget:
-    """What one record may still use: items of collections, steps of checking, and the block bound."""
-
-    __slots__ = ("items", "max_block", "max_items", "max_steps", "steps")
+    """What one record may still use: items of collections, steps of checking, and the block bound (the
+    guard's walk is one, so that it and the fast checks count together)."""
 
     def __init__(self, max_block: int, max_items: int, max_steps: int) -> None:
         self.items = self.steps = 0

@@ -9,10 +9,10 @@ count or length: every length is checked against the bytes that remain, every co
 The checking itself is bounded by a count of steps, ``max_scan_steps``, never by time, so every replica gives
 a record the same verdict. A collection is where the cost of a record hides, so its items are checked the
 cheapest way their type allows (``worker.avro.guard_items``): fixed-width items in one step, varint items
-with numpy, other items by a tight loop at a step per value; only the record's own fields and recursive
-types are walked value by value, at ``_WALK_STEPS`` a value. A step is about 0.1 us of work. A fast check
-stops before the first item that breaks a rule and the walk takes that item on, so the rule named, and the
-verdict, are the walk's.
+with numpy, other items by a tight loop at a step per value. Only the record's own fields, recursive types
+and blocks of a few items are walked value by value, at ``_WALK_STEPS`` a value. A step is about 0.1 us of
+work. A fast check stops before the first item that breaks a rule and the walk takes that item on, so the
+rule named, and the verdict, are the walk's.
 Called by the per-record decode path for each record; pure and thread-safe; never raises on bad bytes.
 """
 
@@ -26,6 +26,7 @@ from worker.avro import guard_items as fast
 from worker.avro.schema import PRIMITIVES, AvroSchema
 
 _WALK_STEPS = 8  # a value walked costs about as much as 8 checked by the tight loop
+_FAST_MIN = 4  # items: a smaller block is walked, cheaper than looking up how to check its items
 
 
 class Limits(BaseModel):
@@ -50,16 +51,16 @@ class _Violation(Exception):
     pass
 
 
-class _Scan:
+class _Scan(fast.Budget):
     """One walk over one body: a cursor, and the budget of items and steps it shares with the fast checks."""
 
     def __init__(self, schema: AvroSchema, body: bytes, limits: Limits) -> None:
+        super().__init__(limits.max_block_count, limits.max_items, limits.max_scan_steps)
         self.s = schema
         self.b = body
         self.pos = 0
         self.limits = limits
-        self.budget = fast.Budget(limits.max_block_count, limits.max_items, limits.max_scan_steps)
-        self.stops = fast.Stops(body)
+        self.stops: fast.Stops | None = None  # made for the first numpy check
 
     def long(self) -> int:
         b, pos, shift, acc = self.b, self.pos, 0, 0
@@ -85,13 +86,14 @@ class _Scan:
         self.pos += n
 
     def step(self, n: int = _WALK_STEPS) -> None:
-        budget = self.budget
-        budget.steps += n
-        if budget.steps > budget.max_steps:
-            raise _Violation(f"checking the record takes more than max_scan_steps={budget.max_steps} steps")
+        self.steps += n
+        if self.steps > self.max_steps:
+            raise _Violation(f"checking the record takes more than max_scan_steps={self.max_steps} steps")
 
     def value(self, schema: Any, depth: int) -> None:
-        self.step()
+        self.steps += _WALK_STEPS  # self.step(), inlined: once per value walked
+        if self.steps > self.max_steps:
+            self.step(0)  # raises
         if depth > self.limits.max_depth:
             raise _Violation(f"nesting deeper than max_depth={self.limits.max_depth}")
         if isinstance(schema, str) and schema not in PRIMITIVES:
@@ -140,12 +142,13 @@ class _Scan:
                 raise _Violation(
                     f"block of {count} items exceeds max_block_count={self.limits.max_block_count}"
                 )
-            self.budget.items += count
-            if self.budget.items > self.limits.max_items:
+            self.items += count
+            if self.items > self.limits.max_items:
                 raise _Violation(f"more than max_items={self.limits.max_items} items in one record")
             if item == "null" and not is_map:
                 continue  # null items take no bytes: the budget above is the whole check
-            for _ in range(count - self.fast(item, is_map, count, depth)):  # from the first refused, if any
+            done = self.fast(item, is_map, count, depth) if count >= _FAST_MIN else 0
+            for _ in range(count - done):  # every item, or from the first a fast check refused
                 if is_map:
                     self.step()
                     self.skip(self.long(), "map key")
@@ -161,10 +164,11 @@ class _Scan:
             self.step(1)
             done, self.pos = fast.check_fixed(kind.width, count, self.pos, len(self.b))
         elif kind.varints and count >= fast.NUMPY_MIN:
-            self.step(fast.NUMPY_STEPS + self.stops.steps())
-            done, self.pos = fast.check_varints(kind, count, self.pos, self.b, self.stops)
+            stops = self.stops = self.stops or fast.Stops(self.b)
+            self.step(fast.NUMPY_STEPS + stops.steps())
+            done, self.pos = fast.check_varints(kind, count, self.pos, self.b, stops)
         else:
-            done, self.pos = fast.run(kind, count, self.pos, self.b, self.budget)
+            done, self.pos = fast.run(kind, count, self.pos, self.b, self)
         return done
 
 
