@@ -14,8 +14,12 @@ from confluent_kafka import Message
 
 from worker.runtime.breaker import CircuitBreaker
 from worker.runtime.clients import ConsumerClient
+from worker.runtime.context import DeliveryMode
+from worker.runtime.delivery import AtLeastOnce
 from worker.runtime.loop import Worker
+from worker.runtime.rebalance import Rebalance
 from worker.runtime.sink import Backlog, Sink
+from worker.runtime.suspects import Segment, Suspects
 
 
 class _ReportOnLastSink(Sink):
@@ -38,7 +42,7 @@ class _ReportOnLastSink(Sink):
 class ReportsOnLast(Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.sink = _ReportOnLastSink(self.settings, self.producer, self.metrics, self.pipeline.graph)
+        self.ctx.sink = _ReportOnLastSink(self.settings, self.producer, self.metrics, self.pipeline.graph)
 
 
 class _SpinningSink(Sink):
@@ -54,7 +58,7 @@ class _SpinningSink(Sink):
 class SpinsOnFullQueue(Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.sink = _SpinningSink(self.settings, self.producer, self.metrics, self.pipeline.graph)
+        self.ctx.sink = _SpinningSink(self.settings, self.producer, self.metrics, self.pipeline.graph)
 
 
 class SleepsThroughRegistryOutages(Worker):
@@ -71,22 +75,28 @@ class DrainsWhateverWaits(Worker):
     """On SIGTERM, scores what is pending even when it waits for the registry, and stops on the error."""
 
     def _drain(self) -> None:
-        if self.pending:
-            self._process(*self._take_pending())
+        if self.intake.pending:
+            self._process(*self.intake.take())
         super()._drain()
 
 
-class KeepsStaleCommitPoints(Worker):
+class _StaleRebalance(Rebalance):
     """Keeps what a consume returned for partitions it revoked, and what it knew of a partition that comes
     back: a commit point from an earlier ownership can then move the committed offset back."""
 
-    def _on_revoke(self, consumer: ConsumerClient, partitions: list[Any]) -> None:
-        super()._on_revoke(consumer, partitions)
-        self._gone.clear()
+    def on_revoke(self, consumer: ConsumerClient, partitions: list[Any]) -> None:
+        super().on_revoke(consumer, partitions)
+        self.ctx.intake.gone.clear()
 
-    def _on_assign(self, consumer: ConsumerClient, partitions: list[Any]) -> None:
-        self.assigned.update((tp.topic, tp.partition) for tp in partitions)
-        self._publish_assignment()
+    def on_assign(self, consumer: ConsumerClient, partitions: list[Any]) -> None:
+        self.ctx.assigned.update((tp.topic, tp.partition) for tp in partitions)
+        self.publish()
+
+
+class KeepsStaleCommitPoints(Worker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.rebalance = _StaleRebalance(self.ctx, self.delivery)
 
 
 class _RememberingBreaker(CircuitBreaker):
@@ -97,7 +107,7 @@ class _RememberingBreaker(CircuitBreaker):
 class BreakerRemembersPartitions(Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.breaker = _RememberingBreaker(self.settings.breaker)
+        self.ctx.breaker = _RememberingBreaker(self.settings.breaker)
 
 
 class _UnforgivingBreaker(CircuitBreaker):
@@ -108,15 +118,21 @@ class _UnforgivingBreaker(CircuitBreaker):
 class BreakerCountsAbortsTwice(Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.breaker = _UnforgivingBreaker(self.settings.breaker)
+        self.ctx.breaker = _UnforgivingBreaker(self.settings.breaker)
+
+
+class _ForgetfulSuspects(Suspects):
+    """Forgets which records the broker refused: the same batch fails the same way on every replay."""
+
+    def segments(self, batch: list[Message]) -> list[Segment]:
+        self.reasons.clear()
+        return [(batch, False)]
 
 
 class NeverIsolates(Worker):
-    """Forgets which records the broker refused: the same batch fails the same way on every replay."""
-
-    def _segments(self, batch: list[Message]) -> list[tuple[list[Message], bool]]:
-        self.suspects.clear()
-        return [(batch, False)]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ctx.suspects = _ForgetfulSuspects(self.metrics)
 
 
 class _NoReplacementSink(Sink):
@@ -135,16 +151,21 @@ class _NoReplacementSink(Sink):
 class NeverTruncates(Worker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.sink = _NoReplacementSink(self.settings, self.producer, self.metrics, self.pipeline.graph)
+        self.ctx.sink = _NoReplacementSink(self.settings, self.producer, self.metrics, self.pipeline.graph)
+
+
+class _ForgivingDelivery(AtLeastOnce):
+    """Counts a failed output as delivered."""
+
+    def settle(self, force: bool = False) -> None:
+        for failure_batch in list(self.tracker._batches):
+            failure_batch.failures.clear()
+        super().settle(force)
 
 
 class CommitsPastFailures(Worker):
-    """Counts a failed output as delivered."""
-
-    def _settle(self, force: bool = False) -> None:
-        for failure_batch in list(self.tracker._batches):
-            failure_batch.failures.clear()
-        super()._settle(force)
+    def _delivery_mode(self) -> DeliveryMode:
+        return _ForgivingDelivery(self.ctx)
 
 
 class NamesNoCause(Worker):

@@ -1,0 +1,89 @@
+"""Flow control: pausing and resuming the assigned partitions, and the watch on outputs that do not go out.
+
+The loop calls ``update`` at the end of every turn; the delivery modes and the breaker's admission call
+``pause`` at once when nothing more may be consumed (a rewind starts, the breaker trips). On the loop's
+thread; nothing blocks or raises.
+
+Waiting without stalling the group: while partitions are paused (more than ``batch.max_in_flight`` outputs
+unacknowledged, librdkafka's queue full, the registry down, a rewind or its backoff, the breaker open), the
+loop keeps turning: it polls the consumer (serving rebalances and commit results), serves delivery reports
+and beats the health heartbeat, so ``max.poll.interval.ms`` and ``/healthz`` never see a stall.
+
+Per turn, in order:
+  1. backpressure: above ``batch.max_in_flight`` outputs unacknowledged, the partitions are held until half
+     of them are acknowledged;
+  2. the stall watch: outputs in flight and none acknowledged for ``OUTPUT_STALL_S``: not ready (a rewind
+     reports its own reason instead), ready again once one is acknowledged;
+  3. paused while the loop holds (waiting on something) or over the limit, resumed otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import TopicPartition
+
+from worker.runtime.clients import ConsumerClient
+from worker.runtime.health import Health
+from worker.runtime.intake import TP
+from worker.runtime.metrics import Metrics
+
+OUTPUT_STALL_S = 10.0  # outputs in flight and none acknowledged this long: not ready
+
+
+class Flow:
+    """Whether the assigned partitions are paused, and why they must be."""
+
+    def __init__(
+        self,
+        consumer: ConsumerClient,
+        assigned: set[TP],
+        metrics: Metrics,
+        health: Health,
+        max_in_flight: int,
+    ) -> None:
+        self.consumer = consumer
+        self.assigned = assigned  # the loop's set, kept by the rebalance callbacks
+        self.metrics = metrics
+        self.health = health
+        self.max_in_flight = max_in_flight
+        self.paused = False
+        self._over_limit = False
+        self._outstanding = (0, time.monotonic())  # (outputs in flight, when that count last went down)
+
+    def update(self, outstanding: int, holding: bool, rewinding: bool) -> None:
+        """Pause or resume the partitions: held while waiting on something (``holding``), and above
+        ``batch.max_in_flight`` unacknowledged outputs until half of them are acknowledged."""
+        limit = self.max_in_flight
+        self._over_limit = outstanding > limit or (self._over_limit and outstanding > limit // 2)
+        self._watch_outputs(outstanding, rewinding)
+        wanted = holding or self._over_limit
+        if wanted and not self.paused:
+            self.pause()
+        elif not wanted and self.paused:
+            self.resume()
+
+    def pause(self) -> None:
+        self.paused = True
+        self.consumer.pause([TopicPartition(t, p) for t, p in self.assigned])
+        self.metrics.set_paused(len(self.assigned))
+
+    def resume(self) -> None:
+        self.paused = False
+        self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
+        self.metrics.set_paused(0)
+
+    def _watch_outputs(self, outstanding: int, rewinding: bool) -> None:
+        """Not ready while outputs are in flight and none was acknowledged for ``OUTPUT_STALL_S``."""
+        count, since = self._outstanding
+        now = time.monotonic()
+        if outstanding < count or outstanding == 0:
+            if count and now - since >= OUTPUT_STALL_S and not rewinding:
+                self.health.set_outputs_down(None)
+            self._outstanding = (outstanding, now)
+        elif outstanding > count:
+            self._outstanding = (outstanding, since)
+        elif now - since >= OUTPUT_STALL_S and not rewinding:
+            self.health.set_outputs_down(
+                f"{outstanding} outputs waiting on the broker for {now - since:.0f} s"
+            )

@@ -1,0 +1,150 @@
+"""Exactly-once delivery: each segment of a batch is one transaction holding its outputs and input offsets.
+
+``Transactions`` is the loop's delivery mode with ``delivery = "exactly-once"`` (its interface:
+``worker.runtime.context``). On the loop's thread; ``deliver`` blocks until its transaction is committed or
+aborted (librdkafka's calls wait up to 30 s each, the outputs' hand-over up to ``transaction_timeout_ms``).
+Raises ``FatalError`` naming the cause for a fatal or non-abortable error (fenced: another producer has this
+replica's transactional id); the loop stops with a non-zero exit.
+
+One segment, in order:
+  1. the breaker's counts of its partitions are kept (``snapshot``), then it is admitted;
+  2. begin, hand every output to librdkafka, ``send_offsets_to_transaction`` with its commit points, commit
+     (the last two again after a retriable error, such as a timeout);
+  3. an isolated suspect refused again as a record: abort, replace its output (``replace_refused``), and
+     commit the replacement in a transaction of its own;
+  4. any other abortable error: abort, take the segment back from the breaker (``restore``), note the records
+     the broker refused as suspects (each then scored in a transaction of its own, so one record cannot make
+     the same batch abort forever), seek the segment's partitions and the pending messages back to their
+     first offsets, and back off (0.5 s doubling to 30 s; the first abort without a refused record, such as a
+     rebalance moving the group on, is retried at once); three aborts in a row: not ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
+from worker.errors import FatalError
+from worker.runtime import faults
+from worker.runtime.context import Context, DeliveryMode, merge_min
+from worker.runtime.intake import TP
+from worker.runtime.pipeline import Meta, Processed
+from worker.runtime.sink import Backlog, Outputs
+from worker.runtime.suspects import replace_refused
+from worker.runtime.tracker import InFlight
+
+log = logging.getLogger("worker.runtime")
+
+
+class Transactions(DeliveryMode):
+    """One transaction per segment; ``fatal_reason`` names an error that stops the worker."""
+
+    def __init__(self, ctx: Context, fatal_reason: Callable[[Exception], str]) -> None:
+        super().__init__(ctx)
+        self._fatal_reason = fatal_reason
+
+    def start(self) -> None:
+        self.ctx.producer.init_transactions(30)
+
+    def outstanding(self) -> int:
+        return len(self.ctx.producer)
+
+    def deliver(self, segment: list[Message], meta: Meta, result: Processed, isolated: bool) -> bool:
+        """One transaction: the segment's outputs and its input offsets, committed together or not at all.
+        False when it was aborted (the batch is rewound) or the breaker tripped."""
+        ctx = self.ctx
+        taken = ctx.breaker.snapshot(meta.commit_points)
+        if not ctx.admit(meta, result):
+            return False
+        outputs = ctx.sink.outputs(segment, meta, result)
+        in_flight = InFlight({}, {}, outputs=outputs)  # only to keep the failed outputs' reports
+        try:
+            try:
+                self._commit(outputs, in_flight, meta)
+            except KafkaException as exc:
+                if not (isolated and _abortable(exc) and self._replaced(outputs, in_flight)):
+                    raise
+                # Alone, the suspect was refused again: abort, and commit its replacement instead.
+                ctx.producer.abort_transaction(30)
+                ctx.metrics.aborted()
+                in_flight = InFlight({}, {}, outputs=outputs)
+                self._commit(outputs, in_flight, meta)
+        except KafkaException as exc:
+            self._failed(exc, meta, outputs, in_flight, taken)
+            return False
+        if isolated:
+            ctx.suspects.remove(segment[0])
+        if self.retry.failing:
+            self.retry.reset()
+            ctx.health.set_outputs_down(None)
+        return True
+
+    def _commit(self, outputs: Outputs, in_flight: InFlight, meta: Meta) -> None:
+        ctx = self.ctx
+        started = time.perf_counter()
+        ctx.producer.begin_transaction()
+        backlog = ctx.sink.resume(Backlog(outputs, 0, in_flight))
+        ctx.push(backlog, ctx.settings.transaction_timeout_ms / 1000, transactional=True)
+        offsets = [TopicPartition(t, p, o) for (t, p), o in meta.commit_points.items()]
+        _retrying(lambda: ctx.producer.send_offsets_to_transaction(
+            offsets, ctx.consumer.consumer_group_metadata(), 30))  # fmt: skip
+        _retrying(lambda: ctx.producer.commit_transaction(30))
+        ctx.metrics.observe_commit(time.perf_counter() - started)
+
+    def _replaced(self, outputs: Outputs, in_flight: InFlight) -> bool:
+        """An isolated record's outputs were refused as records: replace them; False if not that case."""
+        self.ctx.producer.poll(0)  # the refused outputs' reports
+        return replace_refused(self.ctx.sink, outputs, in_flight.failures) is not None
+
+    def _failed(
+        self, exc: KafkaException, meta: Meta, outputs: Outputs, in_flight: InFlight, taken: dict[TP, Any]
+    ) -> None:
+        """A fatal error stops the worker; an abortable one aborts and rewinds the segment."""
+        error: KafkaError = exc.args[0]
+        if error.fatal() or not error.txn_requires_abort():
+            raise FatalError(self._fatal_reason(exc)) from exc
+        self._abort(error, meta, outputs, in_flight, taken)
+
+    def _abort(
+        self, error: KafkaError, meta: Meta, outputs: Outputs, in_flight: InFlight, taken: dict[TP, Any]
+    ) -> None:
+        """Abort, take the segment back from the breaker, note refused records, rewind with backoff."""
+        ctx = self.ctx
+        ctx.producer.abort_transaction(30)
+        ctx.producer.poll(0)  # the aborted outputs' reports
+        ctx.breaker.restore(taken)
+        ctx.metrics.aborted()
+        refused = ctx.suspects.note(outputs, in_flight.failures)
+        delay = self.retry.next() if self.retry.attempts or not refused else 0.0
+        if not refused and self.retry.attempts == 1:
+            delay = 0.0  # one abort (a rebalance moved the group on) is retried at once
+        log.warning("transaction aborted: rewinding the batch",
+                    extra={"error": faults.describe(error), "retry_in_s": delay})  # fmt: skip
+        if self.retry.attempts >= 3:
+            ctx.health.set_outputs_down(f"{self.retry.attempts} transactions aborted in a row: "
+                                        f"{faults.describe(error)}")  # fmt: skip
+        points = dict(meta.first_offsets)
+        merge_min(points, ctx.intake.drop())
+        ctx.seek(points)
+        self.resume_at = time.monotonic() + delay
+
+
+def _retrying(call: Callable[[], object], attempts: int = 3) -> None:
+    """A transactional call, again after a retriable error (a timeout): librdkafka allows the same call."""
+    for attempt in range(attempts):
+        try:
+            call()
+            return
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or attempt == attempts - 1:
+                raise
+            log.warning("retrying a transactional call", extra={"error": str(exc.args[0])})
+
+
+def _abortable(exc: KafkaException) -> bool:
+    error: KafkaError = exc.args[0]
+    return bool(error.txn_requires_abort()) and not error.fatal()
