@@ -18,24 +18,54 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The streaming tests' harness, replicas and verifier serve the chaos runs too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "runtime"))
+
+import pandas as pd
+from chaos_profile import FULL
+from chaos_run import ROWS, ChaosEnv, render
 from cluster import SCRIPT, Cluster, load_services
+from confluent_kafka.admin import AdminClient
+from scenario import CarModels
+
+from examples.car_insurance.generate import generate
+from examples.car_insurance.train import train
+from worker.graph import compile_graph, load_graph
+from worker.models import ModelStore
 
 KAFKA_PORT = int(os.environ.get("RTML_CHAOS_KAFKA_PORT", "19092"))
 REGISTRY_PORT = int(os.environ.get("RTML_CHAOS_REGISTRY_PORT", "18081"))
 START_TIMEOUT_S = 300  # three JVM brokers and the registry on two cores take about a minute
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = os.path.dirname(__file__)
     for item in items:
         if str(item.fspath).startswith(here) and os.path.basename(item.fspath).startswith("test_chaos_"):
             item.add_marker(pytest.mark.integration)
+    if not FULL:  # make test: only the scenarios of the short profile (make chaos runs them all)
+        left_out = [
+            i for i in items if i.get_closest_marker("chaos") and not i.get_closest_marker("chaos_short")
+        ]
+        if left_out:
+            config.hook.pytest_deselected(items=left_out)
+            items[:] = [i for i in items if i not in left_out]
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if ROWS:
+        terminalreporter.write_sep("-", f"chaos ({'full' if FULL else 'short'} profile)")
+        for line in render(list(ROWS.values())):
+            terminalreporter.write_line(line)
+    _timings(terminalreporter)
+
+
+def _timings(terminalreporter: pytest.TerminalReporter) -> None:
     timings = [
         f"{report.nodeid.rsplit('::', 1)[-1]}: {name}={value}"
         for report in terminalreporter.getreports("passed") + terminalreporter.getreports("failed")
@@ -105,3 +135,25 @@ def chaos_topic(cluster: Cluster) -> Iterator[Callable[..., str]]:
     if created:
         cluster.heal()  # before the cluster fixture's own heal: a paused broker would stall the deletion
         cluster.delete_topics(created)
+
+
+@pytest.fixture(scope="session")
+def chaos_models(tmp_path_factory: pytest.TempPathFactory) -> CarModels:
+    """The car-insurance models, trained once per session on a few thousand events (as the runtime tests)."""
+    folder = tmp_path_factory.mktemp("chaos-models")
+    store = folder / "store"
+    trained = train(pd.DataFrame(generate(4000, 11)), folder / "out", ModelStore(store), seed=11)
+    path = trained.graphs["gbt"]
+    return CarModels(store, path, compile_graph(load_graph(path), ModelStore(store)))
+
+
+@pytest.fixture
+def chaos_env(
+    chaos_stack: Any, cluster: Cluster, chaos_models: CarModels, tmp_path: Path
+) -> Iterator[ChaosEnv]:
+    admin = AdminClient({"bootstrap.servers": chaos_stack.bootstrap, "socket.timeout.ms": 2000})
+    env = ChaosEnv(chaos_stack.bootstrap, chaos_stack.registry_url, admin, chaos_models, tmp_path, cluster)
+    yield env
+    cluster.heal()  # a paused broker would stall the deletion
+    existing = set(cluster.metadata().topics) if cluster.metadata() is not None else set(env.created)
+    cluster.delete_topics([t for t in env.created if t in existing])

@@ -182,6 +182,22 @@ def test_a_dead_letter_without_the_original_bytes_or_headers_is_wrong() -> None:
     only(run(sources, scores, [stripped]), wrong=1)
 
 
+def test_a_truncated_dead_letter_is_right_only_when_it_says_so_truthfully() -> None:
+    sources = make_sources(frozenset({(0, 10)}))
+    scores, _ = perfect(sources)
+    original = sources[0][10].value
+    cut = dead_letter(0, 10, value=original[:2])
+
+    def truncated(output: Output, length: int) -> Output:
+        headers = {**output.headers, "rtml.errors.value.truncated": str(length).encode()}
+        return Output(output.kind, 0, 0, output.key, output.value, headers)
+
+    only(run(sources, scores, [truncated(cut, len(original))]))
+    only(run(sources, scores, [cut]), wrong=1)  # cut without saying so
+    only(run(sources, scores, [truncated(cut, len(original) + 1)]), wrong=1)  # a false original length
+    only(run(sources, scores, [truncated(dead_letter(0, 10, value=b"xx"), len(original))]), wrong=1)
+
+
 def test_a_score_with_another_key_digest_or_no_lineage_header_is_wrong() -> None:
     sources = make_sources()
     scores, dead = perfect(sources)

@@ -17,11 +17,12 @@ from worker.runtime.build import RegistryDown, build_pipeline, registry_client, 
 from worker.runtime.clients import KafkaClients
 from worker.runtime.config import Settings, load_settings
 from worker.runtime.health import Health, HealthServer
+from worker.runtime.limits import fit_to_topics
 from worker.runtime.logs import configure_logging
 from worker.runtime.loop import Worker
 from worker.runtime.metrics import Metrics
 from worker.runtime.pipeline import Pipeline
-from worker.runtime.preflight import check_online, wait_for_broker
+from worker.runtime.preflight import admin_client, check_online, wait_for_broker
 
 log = logging.getLogger("worker.runtime")
 
@@ -72,6 +73,8 @@ def serve(
     if prepare is not None:
         pipeline = prepare(pipeline)
     wait_for_broker(settings)  # bounded: a broker that never answers is one line, not a retry loop
+    # No batch larger than the output topics take: the broker would refuse it whole.
+    settings = fit_to_topics(settings, admin_client(settings, "producer", lambda _error: None))
     # Startup objects (models, schemas, the graph) live as long as the process: keep them out of the
     # collector's full passes, which otherwise stall a batch by tens of milliseconds.
     gc.collect()

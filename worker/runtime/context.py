@@ -29,7 +29,7 @@ from worker.runtime.backoff import Backoff
 from worker.runtime.breaker import CircuitBreaker
 from worker.runtime.clients import ConsumerClient, ProducerClient
 from worker.runtime.config import Settings
-from worker.runtime.flow import Flow
+from worker.runtime.flow import OUTPUT_STALL_S, Flow
 from worker.runtime.health import Health
 from worker.runtime.intake import TP, Intake
 from worker.runtime.metrics import Metrics
@@ -83,6 +83,22 @@ class Context:
             full = KafkaError(KafkaError._TIMED_OUT, "the producer's queue stayed full", retriable=True,
                               txn_requires_abort=transactional)  # fmt: skip
             raise KafkaException(full)
+
+    def await_acks(self, budget_s: float) -> None:
+        """Serve delivery reports until librdkafka holds nothing (each output acknowledged or failed), or
+        ``budget_s``, beating the heartbeat; not ready while that takes longer than ``OUTPUT_STALL_S``.
+        Exactly-once calls it before committing, so that the commit itself never waits on the broker."""
+        started = time.monotonic()
+        flagged = False
+        while len(self.producer) > 0 and (now := time.monotonic()) - started < budget_s:
+            self.health.beat()
+            self.producer.poll(0.05)
+            if not flagged and now - started > OUTPUT_STALL_S:
+                flagged = True
+                waiting = f"{len(self.producer)} outputs of a transaction waiting on the broker"
+                self.health.set_outputs_down(f"{waiting} for {OUTPUT_STALL_S:.0f} s")
+        if flagged and len(self.producer) == 0:
+            self.health.set_outputs_down(None)
 
     def seek(self, points: dict[TP, int]) -> None:
         """Consume the assigned ones of ``points`` again from their offset."""

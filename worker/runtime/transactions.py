@@ -8,8 +8,9 @@ replica's transactional id); the loop stops with a non-zero exit.
 
 One segment, in order:
   1. the breaker's counts of its partitions are kept (``snapshot``), then it is admitted;
-  2. begin, hand every output to librdkafka, ``send_offsets_to_transaction`` with its commit points, commit
-     (the last two again after a retriable error, such as a timeout);
+  2. begin, hand every output to librdkafka and serve its reports until it holds none (beating the
+     heartbeat; not ready after ``OUTPUT_STALL_S``), ``send_offsets_to_transaction`` with its commit points,
+     commit (the last two again after a retriable error, such as a timeout);
   3. an isolated suspect refused again as a record: abort, replace its output (``replace_refused``), and
      commit the replacement in a transaction of its own;
   4. any other abortable error: abort, take the segment back from the breaker (``restore``), note the records
@@ -88,7 +89,9 @@ class Transactions(DeliveryMode):
         started = time.perf_counter()
         ctx.producer.begin_transaction()
         backlog = ctx.sink.resume(Backlog(outputs, 0, in_flight))
-        ctx.push(backlog, ctx.settings.transaction_timeout_ms / 1000, transactional=True)
+        budget_s = ctx.settings.transaction_timeout_ms / 1000
+        ctx.push(backlog, budget_s, transactional=True)
+        ctx.await_acks(budget_s)  # the loop beats meanwhile; commit_transaction would block blind
         offsets = [TopicPartition(t, p, o) for (t, p), o in meta.commit_points.items()]
         _retrying(lambda: ctx.producer.send_offsets_to_transaction(
             offsets, ctx.consumer.consumer_group_metadata(), 30))  # fmt: skip

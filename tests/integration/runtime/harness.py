@@ -134,6 +134,7 @@ def produce(
         "batch.size": 1_000_000,
         "compression.type": "lz4",
         "queue.buffering.max.messages": 1_000_000,
+        "message.max.bytes": 2_000_000,  # poison of about 1 MB, as a hostile producer would send
     })  # fmt: skip
     placed: dict[int, dict[int, Source]] = {}
     failures: list[str] = []
