@@ -38,6 +38,8 @@ CHUNK = 65536
 QUEUED_CHUNKS = 64  # per direction while delayed: beyond it the proxy stops reading, as a full link would
 DRAIN_TIMEOUT_S = 5.0  # for the links being closed to finish; a delayed chunk may hold one for its delay
 SWITCH_TIMEOUT_S = DRAIN_TIMEOUT_S + 5.0
+ACCEPT_BATCH = 64  # connections taken per readiness of the listener
+LINGER_ZERO = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and drops unsent data
 T = TypeVar("T")
 
 
@@ -46,8 +48,14 @@ def rst(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
     writer.transport.abort()
+
+
+def rst_socket(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_ZERO)
+    sock.close()
 
 
 class _Link:
@@ -65,9 +73,19 @@ class _Link:
             else:
                 writer.transport.abort()
 
+    async def closed(self) -> None:
+        """Once both sockets are really closed: their transports close them in a later callback."""
+        await asyncio.gather(self.client.wait_closed(), self.target.wait_closed(), return_exceptions=True)
+
 
 class FaultProxy:
-    """One listening port forwarded to one target, in the mode last set (pass through at first)."""
+    """One listening port forwarded to one target, in the mode last set (pass through at first).
+
+    It accepts on its own socket from a reader callback rather than with ``asyncio.start_server`` or
+    ``loop.sock_accept``, so that every accepted socket is the proxy's from the start. In Python 3.11 both
+    drop a socket unclosed when accepting races with closing (an assertion in ``Server._attach``, a
+    cancelled accept future), where no one can reach it; removing a reader cannot race. At ``close()`` the
+    proxy closes every socket it holds before its loop stops."""
 
     def __init__(self, listen_port: int, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -75,20 +93,17 @@ class FaultProxy:
         self._delay_s = 0.0
         self._closing = False
         self._links: set[_Link] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accepted: set[socket.socket] = set()  # from accept until its connection is over
+        self._listener = socket.create_server((HOST, listen_port))  # SO_REUSEADDR on POSIX
+        self._listener.setblocking(False)
+        self.port: int = self._listener.getsockname()[1]
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"faultproxy-{listen_port}", daemon=True
+            target=self._loop.run_forever, name=f"faultproxy-{self.port}", daemon=True
         )
         self._thread.start()
-        try:
-            self._server = self._call(
-                asyncio.start_server(self._serve, HOST, listen_port, reuse_address=True)
-            )
-        except BaseException:
-            self._stop_loop()
-            raise
-        self.port: int = self._server.sockets[0].getsockname()[1]
+        self._call(self._start_accepting())
 
     @property
     def mode(self) -> Mode:
@@ -109,13 +124,13 @@ class FaultProxy:
     def close(self) -> None:
         if self._loop.is_closed():
             return
-        self._call(self._shutdown())
-        self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(SWITCH_TIMEOUT_S)
-        self._loop.close()
+        try:
+            self._call(self._shutdown())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(SWITCH_TIMEOUT_S)
+            self._loop.close()
+            self._listener.close()
 
     def __enter__(self) -> Self:
         return self
@@ -127,6 +142,33 @@ class FaultProxy:
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(SWITCH_TIMEOUT_S)
+
+    def _resetting(self) -> bool:
+        return self._mode == "reset"  # a method: the mode changes while a coroutine awaits
+
+    async def _start_accepting(self) -> None:
+        if not self._closing:
+            self._loop.add_reader(self._listener, self._accept)
+
+    def _accept(self) -> None:
+        """The listener's reader callback: take every pending connection, hand each to its own task."""
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of file descriptors, say: pause rather than spin on a ready listener
+                self._loop.remove_reader(self._listener)
+                self._loop.call_later(0.05, lambda: self._loop.create_task(self._start_accepting()))
+                return
+            conn.setblocking(False)
+            if self._resetting():
+                rst_socket(conn)
+                continue
+            self._accepted.add(conn)
+            task = self._loop.create_task(self._serve(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _switch(self, mode: Mode, delay_s: float = 0.0) -> None:
         self._mode, self._delay_s = mode, delay_s
@@ -141,48 +183,51 @@ class FaultProxy:
             await asyncio.wait(list(self._tasks), timeout=DRAIN_TIMEOUT_S)
 
     async def _shutdown(self) -> None:
+        """Close every socket before the loop stops, so that none is left to the garbage collector."""
         self._closing = True
-        self._server.close()
+        self._loop.remove_reader(self._listener)  # also cancels a callback already queued
         await self._drop_links(reset=False)
-        rest = asyncio.all_tasks() - {asyncio.current_task()}
-        for task in rest:  # still waiting on a delayed chunk: cancelling closes its sockets
+        for task in list(self._tasks):  # still waiting on the target or a delayed chunk
             task.cancel()
-        await asyncio.gather(*rest, return_exceptions=True)
-        await self._server.wait_closed()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for conn in list(self._accepted):  # its task was cancelled before it ran
+            conn.close()
+        await asyncio.sleep(0)  # transports aborted by cancelled tasks finish closing in queued callbacks
 
-    async def _serve(self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+    async def _serve(self, conn: socket.socket) -> None:
         try:
-            await self._forward(client_reader, client)
+            await self._forward(conn)
         finally:
-            self._tasks.discard(task)
+            self._accepted.discard(conn)
+            conn.close()  # a no-op when its transport closed it
 
-    def _resetting(self) -> bool:
-        return self._mode == "reset"  # a method: the mode changes while a coroutine awaits
-
-    async def _forward(self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
+    async def _forward(self, conn: socket.socket) -> None:
         if self._closing or self._resetting():
-            rst(client)
+            rst_socket(conn)
             return
+        client_reader, client = await asyncio.open_connection(sock=conn)
         try:
             target_reader, target = await asyncio.open_connection(*self.target)
         except OSError:
             rst(client)  # the target refused: the client learns it as a reset
+            await client.wait_closed()
             return
+        except asyncio.CancelledError:
+            client.transport.abort()
+            raise
         link = _Link(client, target)
-        if self._closing or self._resetting():  # switched while we were connecting to the target
-            link.abort(reset=self._resetting())
-            return
-        self._links.add(link)
         try:
+            if self._closing or self._resetting():  # switched while we were connecting to the target
+                link.abort(reset=self._resetting())
+                return
+            self._links.add(link)
             await asyncio.gather(
                 self._pump(client_reader, target, link), self._pump(target_reader, client, link)
             )
         finally:
             self._links.discard(link)
             link.abort(reset=False)  # both directions ended: never leave a transport open
+            await link.closed()
 
     async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, link: _Link) -> None:
         """Read from ``source`` until EOF, queueing each chunk with the time it is due at ``sink``. A socket

@@ -6,6 +6,7 @@ Plain unit tests (loopback only, no broker): they run with ``make unit``, unlike
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import socketserver
 import threading
@@ -181,6 +182,30 @@ def test_close_does_not_wait_for_a_connection_still_reaching_the_target(echo: Ec
         proxy.close()
         assert time.monotonic() - started < 2
         assert sock.recv(1) == b""
+
+
+def test_close_during_a_storm_of_connects_leaves_no_socket_open(echo: EchoServer) -> None:
+    # As librdkafka reconnecting to every broker: some connections are accepted as the proxy closes.
+    proxy = FaultProxy(0, "127.0.0.1", echo.port)
+    stop = threading.Event()
+
+    def storm() -> None:
+        deadline = time.monotonic() + 5
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", proxy.port), timeout=1).close()
+            except OSError:
+                return  # refused: the proxy has closed
+
+    threads = [threading.Thread(target=storm) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    proxy.close()
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    gc.collect()  # a socket left open would warn here, and warnings are errors
 
 
 def test_a_refused_target_resets_the_client() -> None:
