@@ -164,6 +164,8 @@ def stand_in_broker(services: ModuleType, tmp_path: Path) -> Iterator[subprocess
     """A sleeping child recorded as kafka-0 of ``tmp_path``; its argv names ROOT, as our_pid demands."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(services.ROOT)])
     (tmp_path / "kafka-0.pid").write_text(str(proc.pid))
+    # Until the child has exec'd, its /proc cmdline is still pytest's.
+    services.wait_for(lambda: services.our_pid(tmp_path, "kafka-0") is not None, 10, "stand-in not started")
     yield proc
     proc.kill()
     proc.wait(timeout=10)
