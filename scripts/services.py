@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import fcntl
 import glob
 import json
 import logging
@@ -213,6 +215,29 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} after {timeout_s:.0f}s")
         time.sleep(0.05)
+
+
+def chaos_lock_file(run: Path) -> Path:
+    return run / "chaos.lock"
+
+
+def chaos_lock_holder(run: Path) -> int | None:
+    """The pid of another process holding the stack's chaos lock (a chaos test session holds it while it
+    runs, tests/chaos/cluster.py), or None when nobody, this process or its parent holds it."""
+    try:
+        fd = os.open(chaos_lock_file(run), os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe: closing the descriptor releases it
+    except BlockingIOError:
+        with contextlib.suppress(ValueError):
+            holder = int(os.read(fd, 32) or b"0")
+            return None if holder in (os.getpid(), os.getppid()) else holder
+        return -1  # held, by a pid not written yet
+    finally:
+        os.close(fd)
+    return None
 
 
 def process_names(brokers: int) -> list[str]:
@@ -458,6 +483,9 @@ def up(stack: Stack) -> bool:
         log(f"reusing the running stack ({stack.bootstrap}, {stack.registry_url})")
         return False
     if recorded_names(stack.run):
+        if (holder := chaos_lock_holder(stack.run)) is not None:  # a broker may be down on purpose
+            held = f"the stack on {stack.kafka_port} is held by a chaos test session (pid {holder})"
+            sys.exit(f"services: {held}: not restarting it; run again once that session ends")
         log("a previous stack is half-dead or differently shaped: restarting it")
         down(stack.run)
     kafka_libs(), apicurio_app(registry_runtime()[1])  # resolve both before starting either

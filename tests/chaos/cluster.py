@@ -8,16 +8,22 @@ process (it outlives the session as the rest of the stack does, and never become
 ``wait_broker_registered``, ``leader_of``, ``wait_new_leader`` and ``wait_in_sync`` read metadata through an
 AdminClient on the main listener; ``heal`` resumes or restarts every broker, for a test's teardown.
 Every wait is bounded and raises TimeoutError with what it saw last. Blocking; called from the test thread.
+``holding_stack(run)`` holds the stack's chaos lock for a test session: engineers share the chaos stack,
+and another session's ``services.py up`` would otherwise restart it as half-dead while a broker is down on
+purpose, or its teardown heal a broker this session killed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.util
 import logging
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Protocol, TypeVar
@@ -25,6 +31,7 @@ from typing import Protocol, TypeVar
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "services.py"
+LOCK_WAIT_S = float(os.environ.get("RTML_CHAOS_LOCK_WAIT_S", "240"))
 METADATA_TIMEOUT_S = 3.0  # per answer: a paused broker must not hold a wait for longer
 T = TypeVar("T")
 
@@ -52,6 +59,36 @@ def load_services() -> ModuleType:
     sys.modules["services_script"] = module  # the dataclasses resolve their module while executing
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def holding_stack(run: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold the stack's chaos lock while the block runs. Another session on the same stack waits for it (at
+    most ``wait_s``, then TimeoutError naming the holder), and ``services.py up`` refuses to restart a stack
+    held by another process. The lock is the process's: a killed session leaves none behind."""
+    run.mkdir(parents=True, exist_ok=True)
+    with open(load_services().chaos_lock_file(run), "a+") as lock:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    lock.seek(0)
+                    holder = lock.read().strip() or "?"
+                    raise TimeoutError(
+                        f"a chaos session (pid {holder}) still holds {run} after {wait_s:.0f}s"
+                    ) from None
+                time.sleep(1)
+        lock.truncate(0)
+        lock.write(str(os.getpid()))  # for the message of whoever waits, and for services.py up
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock.truncate(0)
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def poll(read: Callable[[], T | None], timeout_s: float, what: str, last: Callable[[], object]) -> T:

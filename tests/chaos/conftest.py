@@ -3,7 +3,9 @@
 ``chaos_stack`` (session) reuses the stack at RTML_CHAOS_KAFKA_PORT (19092; registry RTML_CHAOS_REGISTRY_PORT,
 18081) when it answers with every broker and its PROXIED listeners, else starts it with ``services.py up
 --brokers 3 ...``. It fails, never skips, when it cannot (as tests/integration/conftest.py does), leaves the
-stack running for later tests, and stops it at session end only if it started it. ``cluster`` hands a test
+stack running for later tests, and stops it at session end only if it started it. It holds the stack's chaos
+lock meanwhile, so a second session on the same stack waits for it (RTML_CHAOS_LOCK_WAIT_S, 240 s) rather
+than restarting or healing brokers under the first one's faults. ``cluster`` hands a test
 the ``Cluster`` and heals every broker after it, so a failed test never leaves one killed or paused for the
 next; ``chaos_topic`` creates uuid-named topics with replication factor 3 and deletes them after the test.
 Only modules named test_chaos_* are marked integration: the fault proxy's own tests run with the unit tests.
@@ -12,6 +14,7 @@ The measured times a chaos test keeps in its user properties (names ending in ``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -29,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "ru
 import pandas as pd
 from chaos_profile import FULL
 from chaos_run import ROWS, ChaosEnv, render
-from cluster import SCRIPT, Cluster, load_services
+from cluster import SCRIPT, Cluster, holding_stack, load_services
 from confluent_kafka.admin import AdminClient
 from scenario import CarModels
 
@@ -95,6 +98,15 @@ def services_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def chaos_stack() -> Iterator[Any]:
     services = load_services()
     stack = services.Stack(brokers=3, kafka_port=KAFKA_PORT, registry_port=REGISTRY_PORT)
+    with contextlib.ExitStack() as session:
+        try:
+            session.enter_context(holding_stack(stack.run))  # one chaos session per stack at a time
+        except TimeoutError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        yield from _started_or_reused(services, stack)
+
+
+def _started_or_reused(services: Any, stack: Any) -> Iterator[Any]:
     started = not services.healthy(stack)
     if started:
         done = services_cli("up", "--brokers", "3", "--registry-port", str(REGISTRY_PORT))

@@ -189,3 +189,52 @@ def test_broker_pid_ignores_a_recycled_pid_that_is_not_ours(services: ModuleType
     (tmp_path / "kafka-2.pid").write_text(str(os.getpid()))  # alive, but not started from .services
     with pytest.raises(ProcessLookupError, match="kafka-2"):
         services.broker_pid(tmp_path, 3)
+
+
+@pytest.fixture
+def chaos_session(services: ModuleType, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding the stack's chaos lock, as a chaos test session on that stack does."""
+    holder = (
+        "import fcntl, os, sys, time\n"
+        "lock = open(sys.argv[1], 'a+'); fcntl.flock(lock, fcntl.LOCK_EX)\n"
+        "lock.truncate(0); lock.write(str(os.getpid())); lock.flush(); print('held', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder, str(services.chaos_lock_file(tmp_path))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+    yield proc
+    proc.kill()
+    proc.wait(timeout=10)
+    proc.stdout.close()
+
+
+def test_up_does_not_restart_a_stack_a_chaos_session_holds(
+    services: ModuleType,
+    chaos_session: subprocess.Popen[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A chaos test has one broker down on purpose: the stack is not healthy, but is not to be restarted.
+    monkeypatch.setattr(services, "run_folder", lambda port: tmp_path)
+    monkeypatch.setattr(services, "healthy", lambda stack: False)
+    (tmp_path / "kafka-0.pid").write_text("1")
+    called: list[str] = []
+    for step in ("down", "kafka_libs", "apicurio_app", "registry_runtime", "start_kafka", "start_registry"):
+        # Never a real process from a unit test, whatever up() decides.
+        monkeypatch.setattr(services, step, lambda *_, step=step: called.append(step) or ("java", "3"))
+    monkeypatch.setattr(services, "wait_until_ready", lambda stack: called.append("wait_until_ready"))
+    with pytest.raises(SystemExit, match=f"chaos test session \\(pid {chaos_session.pid}\\)"):
+        services.up(services.Stack(brokers=3, kafka_port=19092, registry_port=18081))
+    assert called == []
+
+
+def test_chaos_lock_holder_is_none_when_free_or_held_by_our_parent(
+    services: ModuleType, tmp_path: Path
+) -> None:
+    assert services.chaos_lock_holder(tmp_path) is None  # no lock file at all
+    services.chaos_lock_file(tmp_path).write_text("12345")
+    assert services.chaos_lock_holder(tmp_path) is None  # a file nobody holds
