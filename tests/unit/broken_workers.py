@@ -20,6 +20,7 @@ from worker.runtime.loop import Worker
 from worker.runtime.rebalance import Rebalance
 from worker.runtime.sink import Backlog, Sink
 from worker.runtime.suspects import Segment, Suspects
+from worker.runtime.transactions import Transactions
 
 
 class _ReportOnLastSink(Sink):
@@ -178,3 +179,13 @@ class NamesNoCause(Worker):
         if error.fatal():
             self._producer_fatal = str(error)
             self.health.set_fatal(str(error))
+
+
+class _LeavesTheRestBehind(Transactions):
+    def unproduced(self, segments: list[list[Message]]) -> None:
+        """What an aborted segment's batch had after it is left where the consumer's position is."""
+
+
+class LeavesUnproducedSegments(Worker):
+    def _delivery_mode(self) -> DeliveryMode:
+        return _LeavesTheRestBehind(self.ctx, self._fatal_reason)

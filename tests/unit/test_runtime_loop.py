@@ -327,6 +327,26 @@ def test_exactly_once_isolates_a_refused_dead_letter_instead_of_aborting_forever
     assert {event_id for _, event_id, _ in world.scores()} == set(ids)
 
 
+@controls(broken.LeavesUnproducedSegments)
+def test_exactly_once_reads_again_what_an_aborted_segment_left_unproduced(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    world = World(tmp_path, partitions=2, delivery="exactly-once")
+    with running(world, worker_type) as worker:
+        world.produce(3, partition=0)
+        world.produce(3, partition=1)
+        wait_until(lambda: world.committed() == {0: 3, 1: 3}, "the first batches committed")
+        # in/0/4 is a suspect: the next batch is cut [in/0/3] [in/0/4] [in/0/5, in/1/3..5], and the
+        # suspect's transaction aborts (its score times out), so the segment after it is never produced.
+        worker.ctx.suspects.reasons[("in", 0, 4)] = "seeded by the test"
+        world.broker.fail_deliveries("scores", kafka_error(KafkaError._MSG_TIMED_OUT), key=b"e7")
+        with world.broker.lock:
+            ids = world.produce(3, partition=0) + world.produce(3, partition=1)
+        wait_until(lambda: world.committed() == {0: 6, 1: 6}, "every event committed")
+    assert set(ids) <= set(world.answered())
+    assert max(world.answered().values()) == 1
+
+
 @controls(broken.NamesNoCause)
 def test_a_fenced_replica_exits_non_zero_naming_the_transactional_id(
     tmp_path: Path, worker_type: type[Worker]

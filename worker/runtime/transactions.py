@@ -17,7 +17,8 @@ One segment, in order:
      the broker refused as suspects (each then scored in a transaction of its own, so one record cannot make
      the same batch abort forever), seek the segment's partitions and the pending messages back to their
      first offsets, and back off (0.5 s doubling to 30 s; the first abort without a refused record, such as a
-     rebalance moving the group on, is retried at once); three aborts in a row: not ready.
+     rebalance moving the group on, is retried at once); three aborts in a row: not ready;
+  5. what the batch had after a segment that was not committed is read again too (``unproduced``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class Transactions(DeliveryMode):
         self._fatal_reason = fatal_reason
 
     def start(self) -> None:
-        self.ctx.producer.init_transactions(30)
+        self.ctx.producer.init_transactions(30)  # fences any older producer with this transactional id
+        log.info("transactions initialised", extra={"transactional_id": self.ctx.settings.transactional_id})
 
     def outstanding(self) -> int:
         return len(self.ctx.producer)
@@ -83,6 +85,14 @@ class Transactions(DeliveryMode):
             self.retry.reset()
             ctx.health.set_outputs_down(None)
         return True
+
+    def unproduced(self, segments: list[list[Message]]) -> None:
+        """The segment that was not committed and the rest of its batch, all consumed: read them again (a
+        partition only in a later segment would otherwise be committed past them by the next batch)."""
+        points: dict[TP, int] = {}
+        for segment in segments:
+            merge_min(points, Meta.of(segment).first_offsets)
+        self.ctx.seek(points)
 
     def _commit(self, outputs: Outputs, in_flight: InFlight, meta: Meta) -> None:
         ctx = self.ctx
