@@ -23,6 +23,7 @@ import pytest
 from confluent_kafka import KafkaError, TopicPartition
 from loop_world import FlakyRegistry, World, kafka_error, running, wait_until
 
+from worker.runtime import delivery
 from worker.runtime.inmemory import InMemoryConsumer
 from worker.runtime.loop import Worker
 
@@ -382,3 +383,55 @@ def test_a_stop_signal_drains_commits_and_exits_0(tmp_path: Path, signum: signal
         child.kill()
     assert child.returncode == 0, f"killed by the signal: {child.returncode}"
     assert json.loads(out.splitlines()[-1]) == {"code": 0, "committed": {"0": 20}}
+
+
+# --- what the loop holds ------------------------------------------------------------------------------------
+
+
+def test_a_batch_waiting_for_the_registry_is_not_retried_during_an_output_backoff(tmp_path: Path) -> None:
+    registry = FlakyRegistry()
+    world = World(tmp_path, partitions=1, registry=registry)
+    worker = Worker(world.settings, world.pipeline(), world.metrics, world.health, world.broker.clients())
+    worker.consumer.subscribe(["in"], on_assign=worker.rebalance.on_assign)
+    registry.up = False
+    world.produce(3)
+    wait_until(lambda: (worker._turn(), worker._registry_retry_at is not None)[1], "the batch to wait")
+    registry.up = True
+    calls = registry.calls
+    worker._registry_retry_at = time.monotonic() - 1  # the registry's wait is over...
+    worker.delivery.resume_at = time.monotonic() + 60  # ...but the outputs' backoff is not
+    for _ in range(5):
+        worker._turn()
+    assert registry.calls == calls and world.scores() == [], "produced during the outputs' backoff"
+    worker.consumer.close()
+
+
+def test_suspects_of_a_partition_no_longer_owned_are_forgotten(tmp_path: Path) -> None:
+    world = World(tmp_path, partitions=2)
+    with running(world) as worker:
+        worker.ctx.suspects.reasons[("in", 1, 5)] = "seeded by the test"
+        worker.ctx.suspects.reasons[("in", 0, 5)] = "seeded by the test"
+        other, assigned = other_member(world)
+        wait_until(lambda: other.poll(0.01) is None and bool(assigned), "the other member's assignment")
+        wait_until(lambda: len(worker.assigned) == 1, "partition 1 revoked from the worker")
+        assert set(worker.ctx.suspects.reasons) == {("in", 0, 5)}
+        other.close()
+
+
+def test_an_isolated_record_whose_outputs_wait_too_long_rewinds_instead_of_stopping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "AWAIT_S", 0.5)
+    world = World(tmp_path, partitions=1, kafka={"producer_extra": {"queue.buffering.max.messages": 2}})
+    with running(world) as worker:
+        world.produce(2)
+        wait_until(lambda: world.committed().get(0) == 2, "the first events committed")
+        worker.ctx.suspects.reasons[("in", 0, 4)] = "seeded by the test"
+        world.broker.hold("scores")  # the queue fills while the isolated record is awaited
+        ids = world.produce(5)
+        time.sleep(1.5)
+        assert world.running, "the worker stopped"
+        world.broker.release()
+        wait_until(lambda: world.committed().get(0) == 7, "every event committed")
+    assert world.exit_code == 0
+    assert set(ids) <= set(world.answered())

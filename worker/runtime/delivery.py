@@ -3,8 +3,8 @@
 ``AtLeastOnce`` is the loop's delivery mode by default (its interface: ``worker.runtime.context``). On the
 loop's thread; delivery reports, served by ``Producer.poll``, count each batch down. ``deliver`` does not
 block, except while there are suspects: then it awaits each segment, up to ``AWAIT_S``. ``release`` and
-``drain`` block within their budgets. Raises ``KafkaException`` when an awaited segment's outputs cannot be
-handed to librdkafka within ``AWAIT_S`` (the loop stops on it), and the sink's ``FatalError``.
+``drain`` block within their budgets. An awaited segment whose outputs are not all acknowledged within
+``AWAIT_S`` counts as failed (the loop rewinds). Raises only the sink's ``FatalError``.
 
 The order of one batch:
   1. the loop processes the batch (decode, graph, encode): every message yields exactly one output, a score
@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Iterable
 
-from confluent_kafka import KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from worker.runtime import faults
 from worker.runtime.context import Context, DeliveryMode, merge_min
@@ -43,7 +43,7 @@ from worker.runtime.intake import TP
 from worker.runtime.pipeline import Meta, Processed
 from worker.runtime.sink import Backlog, Outputs
 from worker.runtime.suspects import coordinates, replace_refused
-from worker.runtime.tracker import CommitTracker, InFlight
+from worker.runtime.tracker import CommitTracker, Failure, InFlight
 
 log = logging.getLogger("worker.runtime")
 AWAIT_S = 30.0  # an isolated record's outputs must be acknowledged within this
@@ -96,12 +96,20 @@ class AtLeastOnce(DeliveryMode):
             merge_min(self._rewind_extra, Meta.of(later).first_offsets)
 
     def _await(self, backlog: Backlog | None, in_flight: InFlight) -> None:
-        """Hand every output to librdkafka and serve reports until each is acknowledged (or ``AWAIT_S``)."""
+        """Hand every output to librdkafka and serve reports until each is acknowledged. Not all of them
+        within ``AWAIT_S`` is a failure of the batch (the loop rewinds; an output may not be overtaken)."""
         deadline = time.monotonic() + AWAIT_S
-        self.ctx.push(backlog, AWAIT_S, transactional=False)
+        try:
+            self.ctx.push(backlog, AWAIT_S, transactional=False)
+        except KafkaException as exc:  # the queue stayed full: nothing after may go first
+            in_flight.refused(Failure(exc.args[0], "", None, None))
+            return
         while in_flight.outstanding > 0 and time.monotonic() < deadline:
             self.ctx.health.beat()
             self.ctx.producer.poll(0.05)
+        if in_flight.outstanding > 0:
+            late = KafkaError(KafkaError._TIMED_OUT, f"outputs not acknowledged within {AWAIT_S:.0f} s")
+            in_flight.refused(Failure(late, "", None, None))
 
     def _settle_suspect(self, message: Message, outputs: Outputs, in_flight: InFlight) -> None:
         """A suspect's output went out alone: delivered, it is cleared; refused again as a record, its

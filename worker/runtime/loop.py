@@ -15,8 +15,8 @@ One turn, in order:
   1. beat the health heartbeat; stop if the producer reported a fatal error;
   2. the delivery mode hands on what librdkafka's queue had no room for (``pump``);
   3. take what the consumer has (``Intake.fetch``: rebalance callbacks and commit results are served here);
-  4. the first that applies: finish a rewind; retry the batch that waits for the registry, when due; wait out
-     a backoff; process a batch, when one is due and nothing holds; let the batch fill;
+  4. the first that applies: finish a rewind; wait out a backoff; retry the batch that waits for the
+     registry, when due; process a batch, when one is due and nothing holds; let the batch fill;
   5. serve delivery reports (``Producer.poll``, waiting ``WAIT_S`` while paused);
   6. settle: commit what was delivered, or start a rewind (at-least-once);
   7. pause or resume the partitions (``Flow.update``); report the lag every ``LAG_EVERY_S``.
@@ -177,11 +177,11 @@ class Worker:
         now = time.monotonic()
         if delivery.rewinding:
             delivery.finish_rewind()
+        elif delivery.backing_off(now):
+            pass  # the partitions stay paused until the backoff is over
         elif self._registry_retry_at is not None:
             if now >= self._registry_retry_at:
                 self._retry_registry()
-        elif delivery.backing_off(now):
-            pass  # the partitions stay paused until the backoff is over
         elif intake.pending and not delivery.holding() and intake.due(now, self.flow.paused):
             self._process_or_wait(*intake.take())
         elif intake.pending:
@@ -220,6 +220,10 @@ class Worker:
 
     def _retry_registry(self) -> None:
         self._registry_retry_at = None
+        if not self.intake.pending:  # a rewind dropped the batch that waited: nothing waits any more
+            self._registry_backoff.reset()
+            self.health.set_dependency_down(None)
+            return
         self._process_or_wait(*self.intake.take())
 
     def _process(self, batch: list[Message], received: list[float]) -> None:

@@ -38,6 +38,7 @@ class Rebalance:
         fresh = {(tp.topic, tp.partition) for tp in partitions}
         self.delivery.forget(fresh)  # nothing known from an earlier ownership may be committed now
         self.ctx.breaker.forget(fresh)
+        self.ctx.suspects.forget(fresh)
         self.ctx.assigned.update(fresh)
         self.ctx.metrics.rebalance("assign", len(partitions))
         self.publish()
@@ -71,6 +72,7 @@ class Rebalance:
         """Partitions no longer ours: their offsets are not ours to commit, their counts not ours to keep."""
         self.delivery.forget(partitions)
         self.ctx.breaker.forget(partitions)
+        self.ctx.suspects.forget(partitions)
         self.ctx.assigned.difference_update(partitions)
 
 

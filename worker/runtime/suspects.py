@@ -72,6 +72,10 @@ class Suspects:
                 self.reasons[coordinates(outputs.batch[outputs.rows[i]])] = faults.describe(failure.error)
         return len(refused)
 
+    def forget(self, partitions: set[tuple[str, int]]) -> None:
+        """Partitions revoked, lost or assigned afresh: their suspects are the next owner's to find."""
+        self.reasons = {c: r for c, r in self.reasons.items() if (c[0], c[1]) not in partitions}
+
     def remove(self, message: Message) -> None:
         """``message``'s output (or its replacement) went out: it is no longer a suspect."""
         self.reasons.pop(coordinates(message), None)
