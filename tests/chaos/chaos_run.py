@@ -365,11 +365,13 @@ class ChaosRun:
                          codes, self.progress.went_back, self.duplicate_bound, notes)  # fmt: skip
 
     def close(self) -> None:
-        """Teardown, also after a failure: nothing of the run keeps running."""
-        self.supervisor.stop()
-        self.progress.stop()
-        self.fleet.stop()
-        self.decoder.close()
+        """Teardown, also after a failure: nothing of the run keeps running (the replicas go first)."""
+        try:
+            self.supervisor.stop()
+        finally:
+            self.fleet.stop()
+            self.progress.stop()
+            self.decoder.close()
 
 
 def seeds(base: int, runs: int) -> list[int]:
@@ -378,8 +380,11 @@ def seeds(base: int, runs: int) -> list[int]:
 
 
 def _merge(into: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    """``extra`` merged into ``into``, table by table; a None value removes the key."""
     for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+        if value is None:
+            into.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(into.get(key), dict):
             _merge(into[key], value)
         else:
             into[key] = value
