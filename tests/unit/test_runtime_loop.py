@@ -409,6 +409,8 @@ def test_a_batch_waiting_for_the_registry_is_not_retried_during_an_output_backof
 def test_suspects_of_a_partition_no_longer_owned_are_forgotten(tmp_path: Path) -> None:
     world = World(tmp_path, partitions=2)
     with running(world) as worker:
+        # ready means one partition: an assignment of partition 1 not yet run would go to the other member
+        wait_until(lambda: len(worker.assigned) == 2, "both partitions assigned to the worker")
         worker.ctx.suspects.reasons[("in", 1, 5)] = "seeded by the test"
         worker.ctx.suspects.reasons[("in", 0, 5)] = "seeded by the test"
         other, assigned = other_member(world)
