@@ -30,8 +30,8 @@ from typing import Any
 
 import pytest
 from cluster import Cluster
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from harness import BackgroundProducer, Planned, end_offsets, plan_events, register_schema
 from replicas import Fleet, Replica, write_config
 from scenario import CarModels, worker_settings
@@ -119,11 +119,19 @@ class RunResult:
 
 
 class Progress(threading.Thread):
-    """Samples the group's committed offsets and the input's high watermarks every ``SAMPLE_EVERY_S``."""
+    """Samples the group's committed offsets and the input's high watermarks every ``SAMPLE_EVERY_S``.
 
-    def __init__(self, admin: AdminClient, group: str, topic: str, partitions: int) -> None:
+    Through a consumer that never subscribes (so never joins the group), not an AdminClient: librdkafka
+    2.16's admin coordinator requests abort the process when a broker dies under them (``Assertion
+    eonce->refcnt > 0 failed`` in rd_kafka_enq_once_del_source_return), which took whole test sessions down.
+    """
+
+    def __init__(self, bootstrap: str, group: str, topic: str, partitions: int) -> None:
         super().__init__(name="chaos-progress", daemon=True)
-        self.admin, self.group, self.topic, self.partitions = admin, group, topic, partitions
+        self.bootstrap, self.group, self.topic, self.partitions = bootstrap, group, topic, partitions
+        self.reader = self._reader()
+        self.failures = 0  # samples in a row that got no answer
+        self.last_error: BaseException | None = None
         self.committed: dict[int, int] = {}
         self.highs: dict[int, int] = {}
         self.went_back: list[tuple[int, int, int]] = []
@@ -132,24 +140,29 @@ class Progress(threading.Thread):
         self._last_advance = time.monotonic()
         self._stalled = False
 
+    def _reader(self) -> Consumer:
+        # A request unanswered for 2 s drops its connection: a paused broker is not waited on for long.
+        return Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group,
+                         "enable.auto.commit": False, "socket.timeout.ms": 2000})  # fmt: skip
+
     def run(self) -> None:
         while not self._halt.wait(SAMPLE_EVERY_S):
             try:
                 committed, highs = self._committed(), self._highs()
-            except Exception:  # a broker may be down on purpose: sample again
+            except Exception as exc:  # a broker may be down on purpose: sample again
+                self.failures, self.last_error = self.failures + 1, exc
                 continue
+            self.failures = 0
             self._judge(committed, highs)
+        self.reader.close()
 
     def _committed(self) -> dict[int, int]:
         tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
-        answer = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(self.group, tps)])
-        result = answer[self.group].result(timeout=5)
-        return {tp.partition: tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+        return {tp.partition: tp.offset for tp in self.reader.committed(tps, timeout=5) if tp.offset >= 0}
 
     def _highs(self) -> dict[int, int]:
-        request = {TopicPartition(self.topic, p): OffsetSpec.latest() for p in range(self.partitions)}
-        futures = self.admin.list_offsets(request, request_timeout=5)
-        return {tp.partition: future.result(timeout=5).offset for tp, future in futures.items()}
+        watermarks = self.reader.get_watermark_offsets
+        return {p: watermarks(TopicPartition(self.topic, p), timeout=5)[1] for p in range(self.partitions)}
 
     def _judge(self, committed: dict[int, int], highs: dict[int, int]) -> None:
         now = time.monotonic()
@@ -256,7 +269,7 @@ class ChaosRun:
         self.planned: list[Planned] = plan_events(
             env.models.graph, events, seed=seed, schema_id=self.schema_id, poison_ratio=poison_ratio
         )
-        self.progress = Progress(env.admin, self.group, self.topics["input"], partitions)
+        self.progress = Progress(env.bootstrap, self.group, self.topics["input"], partitions)
         self.supervisor = Supervisor(self.fleet)
         self.decoder = ScoreDecoder(env.registry_url)
         self.producers: list[BackgroundProducer] = []
@@ -290,9 +303,10 @@ class ChaosRun:
         deadline = time.monotonic() + timeout_s
         while not condition():
             if time.monotonic() > deadline:
-                pytest.fail(
-                    f"no {what} within {timeout_s:.0f} s (seed {self.seed})\n{self.logs()}", pytrace=False
-                )
+                seen = f"committed {self.progress.committed}, highs {self.progress.highs}, sampling: "
+                seen += f"{self.progress.failures} failures in a row, last {self.progress.last_error!r}"
+                pytest.fail(f"no {what} within {timeout_s:.0f} s (seed {self.seed}); {seen}\n{self.logs()}",
+                            pytrace=False)  # fmt: skip
             time.sleep(0.1)
 
     def wait_progress(self, fraction: float, timeout_s: float = 180.0) -> None:
