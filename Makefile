@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SERVICES := $(PY) scripts/services.py
 
-.PHONY: help setup services services-down demo test unit lint typecheck format bench soak clean
+.PHONY: help setup services services-down demo test unit lint typecheck format bench soak chaos clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -53,6 +53,11 @@ bench: $(STAMP) ## Benchmarks: writes bench/results/latest.json
 
 soak: $(STAMP) ## 30 minutes at half capacity: loss, latency per 5 minutes, RSS (bench/results/soak.json)
 	$(SERVICES) run -- $(PY) -m bench.soak $(SOAK_MINUTES)
+
+chaos: $(STAMP) ## Full chaos profile (hours): every scenario, 3 runs, both modes; table in bench/results/chaos.txt
+	@mkdir -p bench/results
+	set -o pipefail; RTML_CHAOS_PROFILE=full $(SERVICES) run -- $(PY) -m pytest tests/chaos -m chaos $(PYTEST_ARGS) 2>&1 | tee bench/results/chaos.log
+	sed -n '/^-* chaos (full profile) -*$$/,/^=/p' bench/results/chaos.log > bench/results/chaos.txt
 
 clean: ## Remove caches (keeps .venv and the downloaded services)
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis

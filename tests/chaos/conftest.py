@@ -30,7 +30,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "runtime"))
 
 import pandas as pd
-from chaos_profile import FULL
+from chaos_profile import EVERY, PROFILE
 from chaos_run import ROWS, ChaosEnv, render
 from cluster import SCRIPT, Cluster, holding_stack, load_services
 from confluent_kafka.admin import AdminClient
@@ -51,7 +51,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if str(item.fspath).startswith(here) and os.path.basename(item.fspath).startswith("test_chaos_"):
             item.add_marker(pytest.mark.integration)
-    if not FULL:  # make test: only the scenarios of the short profile (make chaos runs them all)
+    if not EVERY:  # make test: only the scenarios of the short profile (make chaos runs them all)
         left_out = [
             i for i in items if i.get_closest_marker("chaos") and not i.get_closest_marker("chaos_short")
         ]
@@ -62,7 +62,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if ROWS:
-        terminalreporter.write_sep("-", f"chaos ({'full' if FULL else 'short'} profile)")
+        terminalreporter.write_sep("-", f"chaos ({PROFILE} profile)")
         for line in render(list(ROWS.values())):
             terminalreporter.write_line(line)
     _timings(terminalreporter)
