@@ -14,7 +14,14 @@ Per turn, in order:
      of them are acknowledged;
   2. the stall watch: outputs in flight and none acknowledged for ``OUTPUT_STALL_S``: not ready (a rewind
      reports its own reason instead), ready again once one is acknowledged;
-  3. paused while the loop holds (waiting on something) or over the limit, resumed otherwise.
+  3. paused while the loop holds (waiting on something) or over the limit, resumed otherwise; partitions
+     assigned while paused are paused here, outside the rebalance callback (``added``).
+
+Resumed again every ``RESUME_AGAIN_S`` while not paused: librdkafka skips a resume of a partition whose
+pause it has queued but not applied yet (``rd_kafka_toppar_op_pause_resume`` checks the applied flag), and
+then applies the pause: the partition stays paused for good, its position invalid, with no error (seen in
+the chaos suite after rebalances during an abort's backoff; librdkafka issue #5591). A resume of a
+partition that is not paused costs nothing there (no op, no version barrier).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from worker.runtime.intake import TP
 from worker.runtime.metrics import Metrics
 
 OUTPUT_STALL_S = 10.0  # outputs in flight and none acknowledged this long: not ready
+RESUME_AGAIN_S = 1.0  # while not paused, every assigned partition is resumed again this often
 
 
 class Flow:
@@ -50,6 +58,8 @@ class Flow:
         self.paused = False
         self._over_limit = False
         self._outstanding = (0, time.monotonic())  # (outputs in flight, when that count last went down)
+        self._resumed_at = time.monotonic()
+        self._added: list[TopicPartition] = []  # assigned while paused, to pause at the next update
 
     def update(self, outstanding: int, holding: bool, rewinding: bool) -> None:
         """Pause or resume the partitions: held while waiting on something (``holding``), and above
@@ -62,16 +72,29 @@ class Flow:
             self.pause()
         elif not wanted and self.paused:
             self.resume()
+        elif self.paused and self._added:
+            self.consumer.pause(self._added)
+            self.metrics.set_paused(len(self.assigned))
+        elif not self.paused and time.monotonic() - self._resumed_at >= RESUME_AGAIN_S:
+            self.resume()  # see the module docstring: a resume librdkafka skipped
+        self._added = []
+
+    def added(self, partitions: list[TopicPartition]) -> None:
+        """Partitions just assigned (in the rebalance callback, before librdkafka applies the assignment):
+        if the loop is paused, they are paused at the next ``update``, once the assignment is applied."""
+        if self.paused:
+            self._added.extend(partitions)
 
     def pause(self) -> None:
-        self.paused = True
+        self.paused, self._added = True, []
         self.consumer.pause([TopicPartition(t, p) for t, p in self.assigned])
         self.metrics.set_paused(len(self.assigned))
 
     def resume(self) -> None:
-        self.paused = False
+        self.paused, self._added = False, []
         self.consumer.resume([TopicPartition(t, p) for t, p in self.assigned])
         self.metrics.set_paused(0)
+        self._resumed_at = time.monotonic()
 
     def _watch_outputs(self, outstanding: int, rewinding: bool) -> None:
         """Not ready while outputs are in flight and none was acknowledged for ``OUTPUT_STALL_S``."""

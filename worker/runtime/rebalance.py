@@ -11,7 +11,8 @@ On revoke, in order:
      ``revoke_budget_ms`` and what is delivered is committed (``DeliveryMode.release``);
   3. the partitions are released: their commit points and breaker counts are forgotten.
 On lost partitions, steps 1 and 3: in-flight work is forgotten without a commit.
-On assign, a partition starts with no history (commit points, breaker counts), paused if the loop is.
+On assign, a partition starts with no history (commit points, breaker counts), paused if the loop is (by
+the loop's next turn: a pause in the callback, before librdkafka applies the assignment, can race it).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Rebalance:
         self.ctx = ctx
         self.delivery = delivery
 
-    def on_assign(self, consumer: ConsumerClient, partitions: list[TopicPartition]) -> None:
+    def on_assign(self, _consumer: ConsumerClient, partitions: list[TopicPartition]) -> None:
         fresh = {(tp.topic, tp.partition) for tp in partitions}
         self.delivery.forget(fresh)  # nothing known from an earlier ownership may be committed now
         self.ctx.breaker.forget(fresh)
@@ -42,8 +43,7 @@ class Rebalance:
         self.ctx.assigned.update(fresh)
         self.ctx.metrics.rebalance("assign", len(partitions))
         self.publish()
-        if self.ctx.flow.paused:
-            consumer.pause(partitions)
+        self.ctx.flow.added(partitions)  # paused after the callback, if the loop is paused
         log.info("partitions assigned", extra={"partitions": _names(partitions)})
 
     def on_revoke(self, _consumer: ConsumerClient, partitions: list[TopicPartition]) -> None:
