@@ -90,6 +90,13 @@ class Row:
     def of(cls, scenario: str) -> Row:
         return ROWS.setdefault(scenario, cls(scenario))
 
+    def check(self, delivery: str, *, in_order: bool = True) -> None:
+        """The scenario's claims: nothing lost or wrong, nothing out of order (unless ``in_order`` is
+        False), no duplicate in exactly-once mode."""
+        assert self.lost == self.wrong == 0, self
+        assert self.out_of_order == 0 or not in_order, self
+        assert self.duplicated == 0 or delivery != "exactly-once", self
+
     def add(self, result: RunResult) -> None:
         report = result.report
         self.runs += 1
@@ -305,9 +312,25 @@ class ChaosRun:
             if time.monotonic() > deadline:
                 seen = f"committed {self.progress.committed}, highs {self.progress.highs}, sampling: "
                 seen += f"{self.progress.failures} failures in a row, last {self.progress.last_error!r}"
-                pytest.fail(f"no {what} within {timeout_s:.0f} s (seed {self.seed}); {seen}\n{self.logs()}",
-                            pytrace=False)  # fmt: skip
+                pytest.fail(f"no {what} within {timeout_s:.0f} s (seed {self.seed}); {seen}\n"
+                            f"{self.replica_states()}\n{self.logs()}", pytrace=False)  # fmt: skip
             time.sleep(0.1)
+
+    def replica_states(self) -> str:
+        """Each live replica's readiness and partition gauges, for a failure's message."""
+        lines = []
+        for replica in (r for r in self.fleet.replicas if r.alive and r.process is not None):
+            try:
+                status, body = replica.process.get("/readyz", timeout_s=2)
+                _, metrics = replica.process.get("/metrics", timeout_s=2)
+            except OSError as exc:
+                lines.append(f"{replica.name}: no answer ({exc})")
+                continue
+            gauges = [line for line in metrics.decode().splitlines()
+                      if line.startswith(("rtml_paused_partitions", "rtml_assigned_partitions",
+                                          "rtml_consumer_lag", "rtml_breaker_open"))]  # fmt: skip
+            lines.append(f"{replica.name}: readyz {status} {body.decode().strip()}; {'; '.join(gauges)}")
+        return "\n".join(lines)
 
     def wait_progress(self, fraction: float, timeout_s: float = 180.0) -> None:
         """Until the group has committed ``fraction`` of the run's events: faults timed by progress."""
@@ -377,6 +400,12 @@ class ChaosRun:
         notes = [*self.notes, *self.supervisor.exits]
         return RunResult(self.seed, self.faults, report, self.progress.stalls, self.supervisor.restarts,
                          codes, self.progress.went_back, self.duplicate_bound, notes)  # fmt: skip
+
+    def __enter__(self) -> ChaosRun:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Teardown, also after a failure: nothing of the run keeps running (the replicas go first)."""

@@ -23,17 +23,11 @@ from pathlib import Path
 
 import pytest
 from chaos_profile import DELIVERIES, FULL, RUNS, pick
-from chaos_run import ChaosEnv, ChaosRun, Row, seeds
+from chaos_run import ChaosEnv, ChaosRun, Row, RunResult, seeds
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(pick(900, 5400))]
 FAULTY = [sys.executable, str(Path(__file__).with_name("faulty_worker.py"))]
 PROTOCOLS = ("classic", "consumer")
-
-
-def check(row: Row, delivery: str) -> None:
-    assert row.lost == row.wrong == row.out_of_order == 0, row
-    if delivery == "exactly-once":
-        assert row.duplicated == 0, row
 
 
 # The short profile storms once; make chaos storms in both modes with both protocols.
@@ -53,7 +47,7 @@ def test_chaos_membership_storm(chaos_env: ChaosEnv, delivery: str, protocol: st
         rate = 400.0
         run = ChaosRun(chaos_env, seed=seed, events=int(rate * (storm_s + 40)), rate=rate, replicas=6,
                        settings={"delivery": delivery, "kafka": kafka})  # fmt: skip
-        try:
+        with run:
             run.start(replicas=1)
             for size in (3, 6, 2):
                 time.sleep(10)
@@ -65,12 +59,10 @@ def test_chaos_membership_storm(chaos_env: ChaosEnv, delivery: str, protocol: st
                 grow = len(live) == 1 or (len(live) < 6 and rng.random() < 0.5)
                 _scale(run, len(live) + (1 if grow else -1), rng)
             result = run.finish()
-        finally:
-            run.close()
         row.add(result)
         assert not result.went_back, f"committed offsets went down: {result.went_back[:5]}"
         assert result.restarts == 0, result.notes
-    check(row, delivery)
+    row.check(delivery)
 
 
 def _scale(run: ChaosRun, size: int, rng: random.Random | None = None) -> None:
@@ -102,7 +94,7 @@ def test_chaos_zombie_replica(chaos_env: ChaosEnv, delivery: str) -> None:
         rng = random.Random(seed)
         run = ChaosRun(chaos_env, seed=seed, events=int(400 * (cycles * 25 + 20)), rate=400.0,
                        settings={"delivery": delivery})  # fmt: skip
-        try:
+        with run:
             run.start()
             for _ in range(cycles):
                 time.sleep(5)
@@ -113,11 +105,9 @@ def test_chaos_zombie_replica(chaos_env: ChaosEnv, delivery: str) -> None:
                 time.sleep(15)  # the session timeout is 10 s: its partitions go to the others
                 zombie.process.signal(signal.SIGCONT)
             result = run.finish()
-        finally:
-            run.close()
         row.add(result)
         assert result.restarts == 0, result.notes
-    check(row, delivery)
+    row.check(delivery)
 
 
 @pytest.mark.parametrize("delivery", DELIVERIES)
@@ -127,18 +117,16 @@ def test_chaos_a_stage_slower_than_max_poll_interval(chaos_env: ChaosEnv, delive
         run = ChaosRun(chaos_env, seed=seed, events=pick(12_000, 24_000), rate=300.0, command=FAULTY,
                        settings={"delivery": delivery, "kafka": {"max_poll_interval_ms": 10_000}},
                        replica_env={"RTML_CHAOS_STALL_EVERY": "40", "RTML_CHAOS_STALL_S": "15"})  # fmt: skip
-        try:
+        with run:
             run.start()
             result = run.finish()
-        finally:
-            run.close()
         stalls = sum("maximum poll interval" in line.lower() or "max.poll" in line
                      for r in run.fleet.replicas for line in r.log_lines())  # fmt: skip
         result.faults += stalls
         row.add(result)
         assert stalls, "no replica was ever dropped for its slow stage: the fault did not bite"
         assert result.restarts == 0, result.notes
-    check(row, delivery)
+    row.check(delivery)
 
 
 @pytest.mark.parametrize("delivery", DELIVERIES)
@@ -150,37 +138,34 @@ def test_chaos_sigkills_at_random_points_of_progress(chaos_env: ChaosEnv, delive
         rng = random.Random(seed)
         run = ChaosRun(chaos_env, seed=seed, events=events, rate=pick(600.0, 400.0),
                        settings={"delivery": delivery})  # fmt: skip
-        try:
-            run.start()
-            marks = sorted(rng.uniform(0.05, 0.9) for _ in range(kills))
-            for mark in marks:
-                run.wait_progress(mark)
-                run.kill(rng.choice([r for r in run.fleet.replicas if r.alive]))
-            result = run.finish()
-        finally:
-            run.close()
+        result = _kills_at(run, sorted(rng.uniform(0.05, 0.9) for _ in range(kills)), rng)
         row.add(result)
         assert result.report.duplicated <= result.duplicate_bound, (
             result.report.duplicated,
             result.duplicate_bound,
         )
         assert result.restarts == 0, result.notes
-    check(row, delivery)
+    row.check(delivery)
 
 
 def test_chaos_negative_control_commit_on_receipt_loses(chaos_env: ChaosEnv) -> None:
     row = Row.of("negative control: unsafe_commit_on_receipt, SIGKILLs")
     for seed in seeds(45, RUNS):
         rng = random.Random(seed)
-        run = ChaosRun(chaos_env, seed=seed, events=10_000, rate=600.0,
-                       settings={"unsafe_commit_on_receipt": True})  # fmt: skip
-        try:
-            run.start()
-            for mark in (0.2, 0.45, 0.7):
-                run.wait_progress(mark)
-                run.kill(rng.choice([r for r in run.fleet.replicas if r.alive]))
-            result = run.finish()
-        finally:
-            run.close()
-        row.add(result)
+        # Scores linger 1 s in librdkafka's queue while offsets are committed every 200 ms: each kill
+        # loses what was committed and not yet sent. With the default 5 ms linger a kill rarely landed in
+        # that window (3 kills, seed 45000: lost 0), which proved nothing of the verifier.
+        unsafe = {"unsafe_commit_on_receipt": True, "kafka": {"producer_extra": {"linger.ms": 1000}}}
+        run = ChaosRun(chaos_env, seed=seed, events=10_000, rate=600.0, settings=unsafe)
+        row.add(_kills_at(run, [0.2, 0.45, 0.7], rng))
     assert row.lost > 0, f"the verifier saw no loss from commits on receipt: it proves nothing\n{row}"
+
+
+def _kills_at(run: ChaosRun, marks: list[float], rng: random.Random) -> RunResult:
+    """The run with a SIGKILL of a live replica (started again) at each committed fraction of ``marks``."""
+    with run:
+        run.start()
+        for mark in marks:
+            run.wait_progress(mark)
+            run.kill(rng.choice([r for r in run.fleet.replicas if r.alive]))
+        return run.finish()

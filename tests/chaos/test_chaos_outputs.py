@@ -45,18 +45,14 @@ def test_chaos_oversized_dead_letters_are_truncated(chaos_env: ChaosEnv, deliver
     row = Row.of(f"output poison: oversized envelope ({delivery})")
     for seed in seeds(21, RUNS):
         run = ChaosRun(chaos_env, seed=seed, events=EVENTS, rate=RATE, settings={"delivery": delivery})
-        try:
+        with run:
             run.planned = with_big_poison(run.planned, 1_040_000, every=EVENTS // 5, seed=seed)
             run.fault(f"{sum(p.poison == 'oversized' for p in run.planned)} inputs of 1,040,000 bytes")
             run.start()
             result = run.finish()
-        finally:
-            run.close()
         row.add(result)
         assert result.restarts == 0, result.notes
-    assert row.lost == row.wrong == row.out_of_order == 0, row
-    if delivery == "exactly-once":
-        assert row.duplicated == 0, row
+    row.check(delivery)
 
 
 @pytest.mark.parametrize("delivery", DELIVERIES)
@@ -67,18 +63,14 @@ def test_chaos_a_dead_letter_topic_with_a_small_limit(chaos_env: ChaosEnv, deliv
             chaos_env, seed=seed, events=EVENTS, rate=RATE, settings={"delivery": delivery},
             topic_config={"dead": {"max.message.bytes": "4000"}},
         )  # fmt: skip
-        try:
+        with run:
             run.planned = with_big_poison(run.planned, 6_000, every=EVENTS // 10, seed=seed)
             run.fault(f"{sum(p.poison == 'oversized' for p in run.planned)} inputs of 6,000 bytes")
             run.start()
             result = run.finish()
-        finally:
-            run.close()
         row.add(result)
         assert result.restarts == 0, result.notes
-    assert row.lost == row.wrong == row.out_of_order == 0, row
-    if delivery == "exactly-once":
-        assert row.duplicated == 0, row
+    row.check(delivery)
 
 
 @pytest.mark.parametrize("delivery", DELIVERIES)
@@ -86,7 +78,7 @@ def test_chaos_a_deleted_output_topic(chaos_env: ChaosEnv, delivery: str) -> Non
     row = Row.of(f"output poison: score topic deleted {DELETED_S:.0f} s ({delivery})")
     for seed in seeds(23, RUNS):
         run = ChaosRun(chaos_env, seed=seed, events=EVENTS, rate=RATE, settings={"delivery": delivery})
-        try:
+        with run:
             run.start(load=False)
             split = EVENTS // 3
             run.wait_committed(run.load(run.planned[:split]).result())
@@ -98,11 +90,7 @@ def test_chaos_a_deleted_output_topic(chaos_env: ChaosEnv, delivery: str) -> Non
             not_ready = [r.name for r in run.fleet.replicas if r.alive and r.readyz() != 200]
             chaos_env.recreate_topic(run.topics["scores"], run.partitions)
             result = run.finish(earlier=earlier)
-        finally:
-            run.close()
         row.add(result)
         assert not_ready, "the replicas stayed ready while every score failed"
         assert result.restarts == 0, result.notes
-    assert row.lost == row.wrong == row.out_of_order == 0, row
-    if delivery == "exactly-once":
-        assert row.duplicated == 0, row
+    row.check(delivery)

@@ -30,17 +30,15 @@ def test_chaos_random_transaction_aborts(chaos_env: ChaosEnv) -> None:
         run = ChaosRun(chaos_env, seed=seed, events=pick(8_000, 20_000), rate=500.0, settings=EXACTLY_ONCE,
                        command=FAULTY, replica_env={"RTML_CHAOS_ABORT_RATE": "0.05",
                                                     "RTML_CHAOS_SEED": str(seed)})  # fmt: skip
-        try:
+        with run:
             run.start()
             result = run.finish()
-        finally:
-            run.close()
         aborts = sum(replica_aborts(r.log_lines()) for r in run.fleet.replicas)
         result.faults += aborts
         row.add(result)
         assert aborts > 0, "no transaction was aborted: the fault was not injected"
         assert result.restarts == 0, result.notes
-    assert row.lost == row.duplicated == row.wrong == row.out_of_order == 0, row
+    row.check("exactly-once")
 
 
 def replica_aborts(lines: list[str]) -> int:
@@ -53,7 +51,7 @@ def test_chaos_two_replicas_with_one_transactional_id(chaos_env: ChaosEnv) -> No
     for seed in seeds(32, RUNS):
         run = ChaosRun(chaos_env, seed=seed, events=pick(4_000, 8_000), rate=400.0, settings=EXACTLY_ONCE,
                        replicas=2)  # fmt: skip
-        try:
+        with run:
             first, second = run.fleet.replicas
             second.env["RTML_TRANSACTIONAL_ID"] = first.env["RTML_TRANSACTIONAL_ID"]
             run.start(replicas=1)
@@ -67,14 +65,12 @@ def test_chaos_two_replicas_with_one_transactional_id(chaos_env: ChaosEnv) -> No
             fenced_after = time.monotonic() - started
             code, reason = first.returncode, [line for line in first.log_lines() if "fenced" in line]
             result = run.finish()
-        finally:
-            run.close()
         row.add(result)
         row.notes.append(f"fenced replica exited {code} after {fenced_after:.1f} s")
         assert code not in (0, None) and reason, f"exit {code}, no line naming the fencing\n{first.tail()}"
         assert fenced_after < 5, f"the fenced replica ran on for {fenced_after:.1f} s"
         assert result.restarts == 0, result.notes
-    assert row.lost == row.duplicated == row.wrong == row.out_of_order == 0, row
+    row.check("exactly-once")
 
 
 def initialised(lines: list[str]) -> bool:
