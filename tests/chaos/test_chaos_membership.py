@@ -61,7 +61,6 @@ def test_chaos_membership_storm(chaos_env: ChaosEnv, delivery: str, protocol: st
             result = run.finish()
         row.add(result)
         assert not result.went_back, f"committed offsets went down: {result.went_back[:5]}"
-        assert result.restarts == 0, result.notes
     row.check(delivery)
 
 
@@ -106,7 +105,6 @@ def test_chaos_zombie_replica(chaos_env: ChaosEnv, delivery: str) -> None:
                 zombie.process.signal(signal.SIGCONT)
             result = run.finish()
         row.add(result)
-        assert result.restarts == 0, result.notes
     row.check(delivery)
 
 
@@ -125,7 +123,6 @@ def test_chaos_a_stage_slower_than_max_poll_interval(chaos_env: ChaosEnv, delive
         result.faults += stalls
         row.add(result)
         assert stalls, "no replica was ever dropped for its slow stage: the fault did not bite"
-        assert result.restarts == 0, result.notes
     row.check(delivery)
 
 
@@ -144,7 +141,6 @@ def test_chaos_sigkills_at_random_points_of_progress(chaos_env: ChaosEnv, delive
             result.report.duplicated,
             result.duplicate_bound,
         )
-        assert result.restarts == 0, result.notes
     row.check(delivery)
 
 
@@ -157,7 +153,7 @@ def test_chaos_negative_control_commit_on_receipt_loses(chaos_env: ChaosEnv) -> 
         # that window (3 kills, seed 45000: lost 0), which proved nothing of the verifier.
         unsafe = {"unsafe_commit_on_receipt": True, "kafka": {"producer_extra": {"linger.ms": 1000}}}
         run = ChaosRun(chaos_env, seed=seed, events=10_000, rate=600.0, settings=unsafe)
-        row.add(_kills_at(run, [0.2, 0.45, 0.7], rng))
+        row.add(_kills_at(run, [0.2, 0.45, 0.7], rng), restarts_allowed=True)
     assert row.lost > 0, f"the verifier saw no loss from commits on receipt: it proves nothing\n{row}"
 
 

@@ -51,7 +51,6 @@ def test_chaos_oversized_dead_letters_are_truncated(chaos_env: ChaosEnv, deliver
             run.start()
             result = run.finish()
         row.add(result)
-        assert result.restarts == 0, result.notes
     row.check(delivery)
 
 
@@ -69,7 +68,6 @@ def test_chaos_a_dead_letter_topic_with_a_small_limit(chaos_env: ChaosEnv, deliv
             run.start()
             result = run.finish()
         row.add(result)
-        assert result.restarts == 0, result.notes
     row.check(delivery)
 
 
@@ -92,5 +90,4 @@ def test_chaos_a_deleted_output_topic(chaos_env: ChaosEnv, delivery: str) -> Non
             result = run.finish(earlier=earlier)
         row.add(result)
         assert not_ready, "the replicas stayed ready while every score failed"
-        assert result.restarts == 0, result.notes
     row.check(delivery)

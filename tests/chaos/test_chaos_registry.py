@@ -73,6 +73,5 @@ def test_chaos_registry_outage(chaos_env: ChaosEnv, delivery: str) -> None:
                 result = run.finish()
         row.add(result)
         assert not result.went_back, result.went_back
-        assert result.restarts == 0, result.notes
         assert result.report.duplicated <= result.duplicate_bound, result
     row.check(delivery)
