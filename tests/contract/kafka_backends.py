@@ -41,6 +41,10 @@ class Backend:
     def settle(self) -> None:
         """Let asynchronous broker work (group joins, transaction markers) finish."""
 
+    def time_out_transactions(self, timeout_s: float) -> None:
+        """Let the coordinator abort every transaction open past its ``transaction.timeout.ms``."""
+        raise NotImplementedError
+
 
 class MemoryBackend(Backend):
     name = "memory"
@@ -69,6 +73,9 @@ class MemoryBackend(Backend):
 
     def group_offsets(self, group: str, topic: str, partitions: int) -> dict[int, int]:
         return self.broker.committed(group, topic)
+
+    def time_out_transactions(self, timeout_s: float) -> None:
+        self.broker.time_out_transactions()
 
 
 class RealBackend(Backend):
@@ -123,6 +130,11 @@ class RealBackend(Backend):
 
     def settle(self) -> None:
         time.sleep(0.5)
+
+    def time_out_transactions(self, timeout_s: float) -> None:
+        # The coordinator looks for timed-out transactions every
+        # transaction.abort.timed.out.transaction.cleanup.interval.ms (10 s by default).
+        time.sleep(timeout_s + 10.5)
 
     def close(self) -> None:
         if self.topics:

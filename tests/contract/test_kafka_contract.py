@@ -197,9 +197,9 @@ def test_a_second_member_takes_partitions_incrementally_and_close_revokes(kafka:
     first.close()
 
 
-def transactional(kafka: Backend, txn_id: str) -> ProducerClient:
+def transactional(kafka: Backend, txn_id: str, timeout_ms: int = 10_000) -> ProducerClient:
     producer = kafka.clients.producer(
-        kafka.config(**{"transactional.id": txn_id, "transaction.timeout.ms": 10_000})
+        kafka.config(**{"transactional.id": txn_id, "transaction.timeout.ms": timeout_ms})
     )
     producer.init_transactions(TIMEOUT_S)
     return producer
@@ -240,3 +240,24 @@ def test_a_newer_producer_with_the_same_transactional_id_fences_the_older(kafka:
     error = raised.value.args[0]
     assert error.fatal() and error.code() == KafkaError._FENCED
     assert kafka.read_committed(topic) == []
+
+
+def test_a_transaction_open_past_its_timeout_is_aborted_and_its_producer_fails(kafka: Backend) -> None:
+    """What exactly-once renews its producer on: the coordinator aborts the transaction and bumps the
+    epoch; the producer's next call fails with a fatal error, and a new producer with the id goes on."""
+    topic = kafka.create_topic()
+    txn_id = f"t-{uuid.uuid4().hex}"
+    starved = transactional(kafka, txn_id, timeout_ms=1000)
+    starved.begin_transaction()
+    starved.produce(topic, b"too late", partition=0)
+    starved.flush(TIMEOUT_S)
+    kafka.time_out_transactions(1.0)
+    with pytest.raises(KafkaException) as raised:
+        starved.produce(topic, b"after the timeout", partition=0)
+        starved.commit_transaction(TIMEOUT_S)
+    assert raised.value.args[0].fatal()
+    renewed = transactional(kafka, txn_id, timeout_ms=1000)
+    renewed.begin_transaction()
+    renewed.produce(topic, b"renewed", partition=0)
+    renewed.commit_transaction(TIMEOUT_S)
+    assert [v for _, _, v in kafka.read_committed(topic)] == [b"renewed"]

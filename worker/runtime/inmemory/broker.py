@@ -102,6 +102,8 @@ class InMemoryBroker:
         self.delivery_faults: list[DeliveryFault] = []
         self.commit_faults: list[KafkaError] = []  # raised by the next commit_transaction calls
         self.held: set[str] = set()  # topics whose deliveries are held in flight (a dead leader)
+        self.offsets_open = threading.Event()  # cleared: send_offsets_to_transaction blocks (stall_offsets)
+        self.offsets_open.set()
         self.producers: list[InMemoryProducer] = []
         self.clock_ms = 1_700_000_000_000
 
@@ -249,10 +251,27 @@ class InMemoryBroker:
     # --- transactions -----------------------------------------------------------------------------------
 
     def register_transactional_id(self, transactional_id: str) -> int:
-        """A producer initialised ``transactional_id``: its epoch; older producers with it are fenced."""
+        """A producer initialised ``transactional_id``: its epoch; older producers with it are fenced, and
+        their open transaction is aborted (as Kafka's coordinator does on InitProducerId)."""
         with self.lock:
+            for producer in self._open_transactions(transactional_id):
+                self.end_transaction(producer.txn, commit=False)  # type: ignore[arg-type]
             self.epochs[transactional_id] = self.epochs.get(transactional_id, -1) + 1
             return self.epochs[transactional_id]
+
+    def time_out_transactions(self) -> None:
+        """What the coordinator does to a transaction open past ``transaction.timeout.ms``: it is aborted
+        and its producer's epoch bumped, so that producer's next call fails with a fatal error."""
+        with self.lock:
+            for transactional_id in list(self.epochs):
+                for producer in self._open_transactions(transactional_id):
+                    if producer.epoch == self.epochs[transactional_id]:
+                        self.end_transaction(producer.txn, commit=False)  # type: ignore[arg-type]
+                        self.epochs[transactional_id] += 1
+
+    def _open_transactions(self, transactional_id: str) -> list[InMemoryProducer]:
+        return [p for p in self.producers if p.transactional_id == transactional_id
+                and p.txn is not None and p.txn.state == "open"]  # fmt: skip
 
     def end_transaction(self, txn: Transaction, *, commit: bool) -> None:
         with self.changed:
@@ -288,6 +307,14 @@ class InMemoryBroker:
         """The next ``commit_transaction`` fails with ``error`` (made abortable, as a broker error is)."""
         with self.lock:
             self.commit_faults.append(error)
+
+    def stall_offsets(self, stalled: bool = True) -> None:
+        """``send_offsets_to_transaction`` blocks, past its timeout, until ``stall_offsets(False)``: what
+        librdkafka does while it waits for a group coordinator it no longer looks for (#5456, #5511)."""
+        if stalled:
+            self.offsets_open.clear()
+        else:
+            self.offsets_open.set()
 
     def hold(self, *topics: str) -> None:
         """Deliveries to ``topics`` stay in flight (no report) until ``release`` or ``expire_held``."""

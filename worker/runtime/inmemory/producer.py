@@ -9,9 +9,11 @@ stop the ones after it (a gap, as without ``enable.gapless.guarantee``). Deliver
 flight until released, purged or expired.
 
 With ``transactional.id``: ``init_transactions`` fences every older producer of that id (their next call
-raises a fatal ``_FENCED``); records of a transaction stay invisible to read_committed readers until
+raises a fatal ``_FENCED``, and their open transaction is aborted), as does a transaction the broker times
+out (``time_out_transactions``); records of a transaction stay invisible to read_committed readers until
 ``commit_transaction``, which raises an abortable error when one of its messages failed or a fault was
-injected; ``abort_transaction`` drops what is queued and hides what was written.
+injected; ``abort_transaction`` drops what is queued and hides what was written. While the broker stalls
+offsets (``stall_offsets``), ``send_offsets_to_transaction`` blocks past any timeout.
 """
 
 from __future__ import annotations
@@ -209,6 +211,7 @@ class InMemoryProducer:
     def send_offsets_to_transaction(
         self, positions: list[TopicPartition], group_metadata: Any, timeout: float = -1
     ) -> None:
+        self.broker.offsets_open.wait()  # no timeout: a stall the test injects outlives ``timeout``
         self._check_fenced()
         txn = self._open()
         metadata: GroupMetadata = group_metadata
@@ -225,6 +228,7 @@ class InMemoryProducer:
         self._check_fenced()
         txn = self._open()
         self.flush(timeout)
+        self._check_fenced()  # the coordinator may have timed the transaction out meanwhile
         with self.broker.lock:
             fault = self.broker.commit_faults.pop(0) if self.broker.commit_faults else None
         failed = fault or self.txn_failed
