@@ -12,6 +12,7 @@ from typing import Any
 
 from confluent_kafka import Message
 
+from worker.errors import FatalError
 from worker.runtime.breaker import CircuitBreaker
 from worker.runtime.clients import ConsumerClient
 from worker.runtime.context import DeliveryMode
@@ -21,6 +22,7 @@ from worker.runtime.rebalance import Rebalance
 from worker.runtime.sink import Backlog, Sink
 from worker.runtime.suspects import Segment, Suspects
 from worker.runtime.transactions import Transactions
+from worker.runtime.watchdog import Watchdog
 
 
 class _ReportOnLastSink(Sink):
@@ -189,3 +191,29 @@ class _LeavesTheRestBehind(Transactions):
 class LeavesUnproducedSegments(Worker):
     def _delivery_mode(self) -> DeliveryMode:
         return _LeavesTheRestBehind(self.ctx, self._fatal_reason)
+
+
+class _ExitsOnEveryFatal(Transactions):
+    def _failed(self, exc: Any, *args: Any) -> None:
+        """Every fatal error stops the worker, a transaction the coordinator timed out too."""
+        if exc.args[0].fatal():
+            raise FatalError(self._fatal_reason(exc)) from exc
+        super()._failed(exc, *args)
+
+
+class ExitsOnATimedOutTransaction(Worker):
+    def _delivery_mode(self) -> DeliveryMode:
+        return _ExitsOnEveryFatal(self.ctx, self._fatal_reason)
+
+
+class _BlindWatchdog(Watchdog):
+    def call(self, what: str, call: Any, deadline: float) -> None:
+        """The call on the loop's thread, trusting librdkafka's timeout."""
+        call()
+
+
+class WaitsOnStuckCalls(Worker):
+    def _delivery_mode(self) -> DeliveryMode:
+        mode = Transactions(self.ctx, self._fatal_reason)
+        mode._watchdog = _BlindWatchdog(self.health.beat)
+        return mode

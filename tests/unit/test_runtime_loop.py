@@ -365,6 +365,57 @@ def test_a_fenced_replica_exits_non_zero_naming_the_transactional_id(
     assert world.committed().get(0) == 3
 
 
+def renewals(world: World, cause: str) -> float:
+    series = f'rtml_producer_renewals_total{{cause="{cause}"}}'
+    line = next(li for li in world.metrics.render().decode().splitlines() if li.startswith(series))
+    return float(line.split()[-1])
+
+
+@controls(broken.ExitsOnATimedOutTransaction)
+def test_a_transaction_the_coordinator_timed_out_goes_on_with_a_new_producer(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    """A replica starved past transaction_timeout_ms (a SIGSTOP, a long pause) wakes to a fatal error: it
+    is no twin's fencing, so a new producer takes over and the batch is scored again, once."""
+    world = World(tmp_path, partitions=1, delivery="exactly-once", transaction_timeout_ms=1000)
+    with running(world, worker_type) as worker:
+        world.produce(3)
+        wait_until(lambda: world.committed().get(0) == 3, "the first batch committed")
+        world.broker.hold("scores")
+        ids = world.produce(3)
+        wait_until(lambda: len(worker.producer) > 0, "a transaction holding outputs")
+        time.sleep(1.1)  # past transaction_timeout_ms
+        world.broker.time_out_transactions()
+        world.broker.release("scores")
+        wait_until(lambda: world.committed().get(0) == 6, "the batch committed by a new producer")
+        assert world.running and renewals(world, "timed_out") == 1
+    assert world.exit_code == 0
+    assert set(ids) <= set(world.answered()) and max(world.answered().values()) == 1
+
+
+@controls(broken.WaitsOnStuckCalls)
+def test_send_offsets_stuck_past_the_transaction_deadline_is_given_up_for_a_new_producer(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    """librdkafka's send_offsets_to_transaction can block past its timeout (#5456, #5511): the loop gives
+    the producer up at the transaction's deadline, and a new one commits the batch once."""
+    world = World(tmp_path, partitions=1, delivery="exactly-once", transaction_timeout_ms=1000)
+    with running(world, worker_type):
+        try:
+            world.produce(3)
+            wait_until(lambda: world.committed().get(0) == 3, "the first batch committed")
+            world.broker.stall_offsets()
+            ids = world.produce(3)
+            wait_until(lambda: renewals(world, "stuck") >= 1, "the stuck producer given up")
+            world.broker.stall_offsets(False)
+            wait_until(lambda: world.committed().get(0) == 6, "the batch committed by a new producer")
+            assert world.running
+        finally:
+            world.broker.stall_offsets(False)  # a broken worker's stuck call returns, so it can stop
+    assert world.exit_code == 0
+    assert set(ids) <= set(world.answered()) and max(world.answered().values()) == 1
+
+
 # --- signals ----------------------------------------------------------------------------------------------
 
 

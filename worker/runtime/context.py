@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,7 @@ class Context:
     intake: Intake
     suspects: Suspects
     assigned: set[TP]
+    renew_producer: Callable[[], ProducerClient]  # a new producer in place of ``producer`` (exactly-once)
     failed: bool = False  # after a fatal error nothing more is committed, not even on close
 
     def admit(self, meta: Meta, result: Processed) -> bool:

@@ -46,7 +46,7 @@ from worker.errors import FatalError, InfrastructureError, RegistryUnavailable
 from worker.runtime import faults
 from worker.runtime.backoff import Backoff
 from worker.runtime.breaker import CircuitBreaker
-from worker.runtime.clients import ConfluentClients, KafkaClients
+from worker.runtime.clients import ConfluentClients, KafkaClients, ProducerClient
 from worker.runtime.config import Settings
 from worker.runtime.context import Context, DeliveryMode
 from worker.runtime.delivery import AtLeastOnce
@@ -81,17 +81,18 @@ class Worker:
         self.pipeline = pipeline
         self.metrics = metrics
         self.health = health
-        clients = clients or ConfluentClients()
-        self.consumer = clients.consumer(self._consumer_config())
-        self.producer = clients.producer({**settings.producer_config(), "error_cb": self._on_producer_error})
+        self._clients = clients or ConfluentClients()
+        self.consumer = self._clients.consumer(self._consumer_config())
+        self._producers = 0  # how many producers were made: only the newest one's errors count
         self._producer_fatal: str | None = None
+        producer = self._new_producer()
         assigned: set[TP] = set()
         self.intake = Intake(self.consumer, settings.batch, assigned)
         self.flow = Flow(self.consumer, assigned, metrics, health, settings.batch.max_in_flight)
-        sink = Sink(settings, self.producer, metrics, pipeline.graph)
+        sink = Sink(settings, producer, metrics, pipeline.graph)
         breaker, suspects = CircuitBreaker(settings.breaker), Suspects(metrics)
-        self.ctx = Context(settings, self.consumer, self.producer, sink, breaker, metrics, health, self.flow,
-                           self.intake, suspects, assigned)  # fmt: skip
+        self.ctx = Context(settings, self.consumer, producer, sink, breaker, metrics, health, self.flow,
+                           self.intake, suspects, assigned, self._renew_producer)  # fmt: skip
         self.delivery = self._delivery_mode()
         self.rebalance = Rebalance(self.ctx, self.delivery)
         self.stopping = False
@@ -99,6 +100,11 @@ class Worker:
         self._registry_retry_at: float | None = None  # set while a batch waits for the registry
         self._registry_backoff = Backoff()
         self._last_lag = 0.0
+
+    @property
+    def producer(self) -> ProducerClient:
+        """The producer in use (exactly-once may replace it, see ``worker.runtime.transactions``)."""
+        return self.ctx.producer
 
     @property
     def assigned(self) -> set[TP]:
@@ -268,13 +274,33 @@ class Worker:
             return
         self.delivery.confirm(partitions)
 
+    def _new_producer(self) -> ProducerClient:
+        """A producer whose error callback counts only while it is the one in use."""
+        self._producers += 1
+        made = self._producers
+
+        def on_error(error: KafkaError) -> None:
+            if made == self._producers:
+                self._on_producer_error(error)
+            else:
+                log.info("error from a replaced producer", extra={"error": str(error)})
+
+        return self._clients.producer({**self.settings.producer_config(), "error_cb": on_error})
+
+    def _renew_producer(self) -> ProducerClient:
+        """Exactly-once gave its producer up: a new one takes its place, its fatal error forgotten."""
+        producer = self._new_producer()
+        self.ctx.producer = self.ctx.sink.producer = producer
+        self._producer_fatal = None
+        return producer
+
     def _on_producer_error(self, error: KafkaError) -> None:
-        """A fatal producer error (fenced): the loop stops at its next turn."""
+        """A fatal producer error: the loop stops at its next turn, unless exactly-once, failing a
+        transaction meanwhile, replaces the producer (a transaction the coordinator timed out)."""
         if error.fatal():
             reason = faults.fenced_reason(error, self.settings.effective_transactional_id()) or str(error)
             self._producer_fatal = reason
-            self.health.set_fatal(reason)
-        self._on_client_error(error)
+        log.warning("kafka client error", extra={"error": str(error)})
 
     def _on_client_error(self, error: KafkaError) -> None:
         if error.fatal():

@@ -25,6 +25,9 @@ Series (every name starts with ``rtml_``; counters end in ``_total``):
                                             "broker" (anything else: timeouts, missing topic, authorisation)
     rtml_rewinds_total                      at-least-once: failed outputs made the loop rewind its input
     rtml_transaction_aborts_total           exactly-once: transactions aborted (and their batch rewound)
+    rtml_producer_renewals_total{cause}     exactly-once: producers replaced: "timed_out" (the coordinator
+                                            aborted a transaction open past its timeout), "stuck" (a
+                                            librdkafka call outlived its deadline)
 """
 
 from __future__ import annotations
@@ -60,10 +63,14 @@ MetricName = Literal[
     "rtml_output_failures_total",
     "rtml_rewinds_total",
     "rtml_transaction_aborts_total",
+    "rtml_producer_renewals_total",
 ]
 METRIC_NAMES: Final[tuple[MetricName, ...]] = get_args(MetricName)
 RebalanceKind = Literal["assign", "revoke", "lost"]
 FailureKind = Literal["record", "broker"]
+# Why exactly-once replaced its producer: the coordinator aborted a transaction open past its timeout, or
+# a librdkafka call outlived its deadline (see worker.runtime.transactions).
+RenewalKind = Literal["timed_out", "stuck"]
 
 # Upper bounds ("le") of the histogram buckets; +Inf is added by the histogram.
 BATCH_SIZE_BUCKETS: Final = (
@@ -156,6 +163,9 @@ class Metrics:
         self._aborts = Counter(
             _name("rtml_transaction_aborts_total"), "Transactions aborted and rewound.", registry=r
         )
+        self._renewals = Counter(
+            _name("rtml_producer_renewals_total"), "Producers replaced, by cause.", ["cause"], registry=r
+        )
         # Known label values start at 0, so rate() and alerts see the series before the first event.
         for kind in get_args(FailureKind):
             self._output_failures.labels(kind=kind)
@@ -163,6 +173,8 @@ class Metrics:
             self._dead.labels(stage=stage)
         for kind in get_args(RebalanceKind):
             self._rebalances.labels(kind=kind)
+        for cause in get_args(RenewalKind):
+            self._renewals.labels(cause=cause)
             self._rebalance_partitions.labels(kind=kind)
 
     def events_in(self, topic: str, n: int) -> None:
@@ -243,6 +255,10 @@ class Metrics:
     def aborted(self) -> None:
         """Count one aborted transaction."""
         self._aborts.inc()
+
+    def producer_renewed(self, cause: RenewalKind) -> None:
+        """Count one transactional producer replaced by a new one."""
+        self._renewals.labels(cause=cause).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition (format 0.0.4) of every series; called by the HTTP thread."""

@@ -18,7 +18,14 @@ One segment, in order:
      the same batch abort forever), seek the segment's partitions and the pending messages back to their
      first offsets, and back off (0.5 s doubling to 30 s; the first abort without a refused record, such as a
      rebalance moving the group on, is retried at once); three aborts in a row: not ready;
-  5. what the batch had after a segment that was not committed is read again too (``unproduced``).
+  5. a fatal error of a transaction open longer than ``transaction_timeout_ms`` (the coordinator aborted it
+     and bumped the producer's epoch: a replica stopped or starved that long), or a
+     ``send_offsets_to_transaction`` still blocked at the transaction's deadline (librdkafka #5456, #5511,
+     see ``worker.runtime.watchdog``): the producer is given up and a new one with the same transactional
+     id takes over (its ``init_transactions`` fences the old one and aborts what it had open), then the
+     segment is rewound as in 4. Any other fatal error stops the worker: a young transaction fenced means
+     another live producer has this id;
+  6. what the batch had after a segment that was not committed is read again too (``unproduced``).
 """
 
 from __future__ import annotations
@@ -34,12 +41,16 @@ from worker.errors import FatalError
 from worker.runtime import faults
 from worker.runtime.context import Context, DeliveryMode, merge_min
 from worker.runtime.intake import TP
+from worker.runtime.metrics import RenewalKind
 from worker.runtime.pipeline import Meta, Processed
 from worker.runtime.sink import Backlog, Outputs
 from worker.runtime.suspects import replace_refused
 from worker.runtime.tracker import InFlight
+from worker.runtime.watchdog import Stuck, Watchdog
 
 log = logging.getLogger("worker.runtime")
+MIN_OFFSETS_WAIT_S = 5.0  # send_offsets_to_transaction may wait this long past the transaction's budget
+MAX_STUCK = 8  # producers given up with a call still blocked: past this, stop (a restart frees them)
 
 
 class Transactions(DeliveryMode):
@@ -48,6 +59,8 @@ class Transactions(DeliveryMode):
     def __init__(self, ctx: Context, fatal_reason: Callable[[Exception], str]) -> None:
         super().__init__(ctx)
         self._fatal_reason = fatal_reason
+        self._watchdog = Watchdog(ctx.health.beat)
+        self._began = time.monotonic()  # when the current transaction began
 
     def start(self) -> None:
         self.ctx.producer.init_transactions(30)  # fences any older producer with this transactional id
@@ -79,6 +92,9 @@ class Transactions(DeliveryMode):
         except KafkaException as exc:
             self._failed(exc, meta, outputs, in_flight, taken)
             return False
+        except Stuck as exc:
+            self._renew("stuck", str(exc), meta, taken, usable=False)
+            return False
         if isolated:
             ctx.suspects.remove(segment[0])
         if self.retry.failing:
@@ -97,14 +113,18 @@ class Transactions(DeliveryMode):
     def _commit(self, outputs: Outputs, in_flight: InFlight, meta: Meta) -> None:
         ctx = self.ctx
         started = time.perf_counter()
+        self._began = time.monotonic()
         ctx.producer.begin_transaction()
         backlog = ctx.sink.resume(Backlog(outputs, 0, in_flight))
         budget_s = ctx.settings.transaction_timeout_ms / 1000
         ctx.push(backlog, budget_s, transactional=True)
         ctx.await_acks(budget_s)  # the loop beats meanwhile; commit_transaction would block blind
         offsets = [TopicPartition(t, p, o) for (t, p), o in meta.commit_points.items()]
-        _retrying(lambda: ctx.producer.send_offsets_to_transaction(
-            offsets, ctx.consumer.consumer_group_metadata(), 30))  # fmt: skip
+        # Past the transaction's budget the coordinator aborts it anyway: waiting longer gains nothing.
+        deadline = max(self._began + budget_s, time.monotonic() + min(MIN_OFFSETS_WAIT_S, budget_s))
+        producer, group = ctx.producer, ctx.consumer.consumer_group_metadata()
+        send = lambda: producer.send_offsets_to_transaction(offsets, group, 30)  # noqa: E731
+        _retrying(lambda: self._watchdog.call("send_offsets_to_transaction", send, deadline))
         _retrying(lambda: ctx.producer.commit_transaction(30))
         ctx.metrics.observe_commit(time.perf_counter() - started)
 
@@ -116,11 +136,35 @@ class Transactions(DeliveryMode):
     def _failed(
         self, exc: KafkaException, meta: Meta, outputs: Outputs, in_flight: InFlight, taken: dict[TP, Any]
     ) -> None:
-        """A fatal error stops the worker; an abortable one aborts and rewinds the segment."""
+        """An abortable error aborts and rewinds the segment; a fatal one of a transaction the coordinator
+        timed out renews the producer; any other stops the worker."""
         error: KafkaError = exc.args[0]
+        open_s = time.monotonic() - self._began
+        timeout_s = self.ctx.settings.transaction_timeout_ms / 1000
+        if error.fatal() and open_s >= timeout_s:
+            why = (f"the transaction was open {open_s:.1f} s, past transaction_timeout_ms "
+                   f"({timeout_s:g} s): the coordinator aborted it ({faults.describe(error)})")  # fmt: skip
+            self._renew("timed_out", why, meta, taken, usable=True)
+            return
         if error.fatal() or not error.txn_requires_abort():
             raise FatalError(self._fatal_reason(exc)) from exc
         self._abort(error, meta, outputs, in_flight, taken)
+
+    def _renew(self, cause: RenewalKind, why: str, meta: Meta, taken: dict[TP, Any], *, usable: bool) -> None:
+        """Give the producer up for a new one with the same transactional id, then rewind the segment.
+        ``usable``: its calls still return, so what it holds is failed and reported first."""
+        ctx = self.ctx
+        if self._watchdog.stuck() >= MAX_STUCK:
+            raise FatalError(f"{MAX_STUCK} producers given up with a librdkafka call still blocked: {why}")
+        old = ctx.producer
+        if usable:
+            old.purge(in_queue=True, in_flight=True)
+            old.poll(0)  # the purged outputs' reports
+        log.warning("a new producer takes over", extra={"cause": cause, "reason": why})
+        ctx.metrics.producer_renewed(cause)
+        ctx.renew_producer().init_transactions(30)  # fences the old one, aborting what it had open
+        ctx.breaker.restore(taken)
+        self._rewind(meta, self._retry_delay(refused=False))
 
     def _abort(
         self, error: KafkaError, meta: Meta, outputs: Outputs, in_flight: InFlight, taken: dict[TP, Any]
@@ -132,17 +176,26 @@ class Transactions(DeliveryMode):
         ctx.breaker.restore(taken)
         ctx.metrics.aborted()
         refused = ctx.suspects.note(outputs, in_flight.failures)
-        delay = self.retry.next() if self.retry.attempts or not refused else 0.0
-        if not refused and self.retry.attempts == 1:
-            delay = 0.0  # one abort (a rebalance moved the group on) is retried at once
+        delay = self._retry_delay(refused=bool(refused))
         log.warning("transaction aborted: rewinding the batch",
                     extra={"error": faults.describe(error), "retry_in_s": delay})  # fmt: skip
         if self.retry.attempts >= 3:
             ctx.health.set_outputs_down(f"{self.retry.attempts} transactions aborted in a row: "
                                         f"{faults.describe(error)}")  # fmt: skip
+        self._rewind(meta, delay)
+
+    def _retry_delay(self, *, refused: bool) -> float:
+        """The backoff before the segment is tried again (see 4. in the module docstring)."""
+        delay = self.retry.next() if self.retry.attempts or not refused else 0.0
+        if not refused and self.retry.attempts == 1:
+            delay = 0.0  # one abort (a rebalance moved the group on) is retried at once
+        return delay
+
+    def _rewind(self, meta: Meta, delay: float) -> None:
+        """Consume the segment and the pending messages again from their first offsets, after ``delay``."""
         points = dict(meta.first_offsets)
-        merge_min(points, ctx.intake.drop())
-        ctx.seek(points)
+        merge_min(points, self.ctx.intake.drop())
+        self.ctx.seek(points)
         self.resume_at = time.monotonic() + delay
 
 
