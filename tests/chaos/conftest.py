@@ -10,6 +10,7 @@ the ``Cluster`` and heals every broker after it, so a failed test never leaves o
 next; ``chaos_topic`` creates uuid-named topics with replication factor 3 and deletes them after the test.
 Only modules named test_chaos_* are marked integration: the fault proxy's own tests run with the unit tests.
 The measured times a chaos test keeps in its user properties (names ending in ``_s``) close the report.
+The full profile's rows are stored in the ledger (``ledger.py``), from which ``make chaos`` prints the table.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "runtime"))
 
 import pandas as pd
-from chaos_profile import EVERY, PROFILE
+from chaos_profile import EVERY, FULL, PROFILE
 from chaos_run import ROWS, ChaosEnv, render
 from cluster import SCRIPT, Cluster, holding_stack, load_services
 from confluent_kafka.admin import AdminClient
+from ledger import store
 from scenario import CarModels
 
 from examples.car_insurance.generate import generate
@@ -65,6 +67,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_sep("-", f"chaos ({PROFILE} profile)")
         for line in render(list(ROWS.values())):
             terminalreporter.write_line(line)
+        if FULL:  # make chaos may run in parts: the table of every part is made from the ledger
+            store(list(ROWS.values()))
     _timings(terminalreporter)
 
 

@@ -1,0 +1,66 @@
+"""The full profile's rows, kept across runs, so that ``make chaos`` can run in parts (``CHAOS='-k zombie'``).
+
+The full profile takes longer than one sitting. Every full-profile session stores its rows in
+``bench/results/chaos.json``, each under its scenario with the digest of the ``worker/`` sources it ran
+against and when; a later run of the same scenario replaces it. ``python tests/chaos/ledger.py`` prints the
+table of every stored row and says which ran against other sources than the ones here now (a row counts for
+the code it ran against, and only for that).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+LEDGER = ROOT / "bench" / "results" / "chaos.json"
+
+
+def worker_digest() -> str:
+    """The first 12 hex digits of a sha256 over every file of ``worker/`` (paths and contents)."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "worker").rglob("*.py")):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def store(rows: list[Any]) -> None:
+    """Keep ``rows`` (``chaos_run.Row``), replacing earlier rows of the same scenarios."""
+    kept = _load()
+    at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    stamp = {"worker": worker_digest(), "at": at}
+    for row in rows:
+        kept[row.scenario] = dataclasses.asdict(row) | stamp
+    LEDGER.parent.mkdir(parents=True, exist_ok=True)
+    LEDGER.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+
+
+def _load() -> dict[str, dict[str, Any]]:
+    return json.loads(LEDGER.read_text()) if LEDGER.exists() else {}
+
+
+def main() -> int:
+    sys.path[:0] = [str(Path(__file__).parent), str(ROOT / "tests" / "integration" / "runtime"), str(ROOT)]
+    from chaos_run import Row, render
+
+    kept = _load()
+    now = worker_digest()
+    fields = {f.name for f in dataclasses.fields(Row)}
+    rows = [Row(**{k: v for k, v in kept[name].items() if k in fields}) for name in sorted(kept)]
+    print(f"chaos, full profile: {len(rows)} scenarios; worker/ sources here: {now}")
+    for line in render(rows) if rows else ["no row stored yet: run make chaos"]:
+        print(line)
+    print("stored:")
+    for name in sorted(kept):
+        older = "" if kept[name]["worker"] == now else "  (other worker/ sources than these)"
+        print(f"  {name}: worker {kept[name]['worker']}, {kept[name]['at']}{older}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
