@@ -15,7 +15,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from kafka_backends import Backend
 
-from worker.runtime.clients import ConsumerClient, ProducerClient
+from worker.runtime.clients import ConsumerClient, ProducerClient, membership
 
 TIMEOUT_S = 30.0
 
@@ -261,3 +261,30 @@ def test_a_transaction_open_past_its_timeout_is_aborted_and_its_producer_fails(k
     renewed.produce(topic, b"renewed", partition=0)
     renewed.commit_transaction(TIMEOUT_S)
     assert [v for _, _, v in kafka.read_committed(topic)] == [b"renewed"]
+
+
+def test_a_transactional_commit_from_outside_the_group_is_taken_over_its_live_member(kafka: Backend) -> None:
+    """Kafka takes TxnOffsetCommit with generation -1 and no member id whatever the group holds (older
+    protocol versions send no group metadata): exactly-once must never send a consumer's metadata from
+    outside the group, or a replica that lost its partitions commits over their new owner."""
+    topic = kafka.create_topic()
+    group = f"g-{uuid.uuid4().hex}"
+    owner = kafka.clients.consumer(consumer_config(kafka, group))
+    assigned: list[TopicPartition] = []
+    owner.subscribe([topic], on_assign=lambda _c, parts: assigned.extend(parts))
+    until(lambda: bool(assigned), "the owner's assignment", lambda: owner.consume(10, 0.2))
+    outsider = kafka.clients.consumer(consumer_config(kafka, group))
+    generation, member_id = membership(owner.consumer_group_metadata())
+    assert generation >= 1 and member_id
+    assert membership(outsider.consumer_group_metadata()) == (-1, "")
+    producer = transactional(kafka, f"t-{uuid.uuid4().hex}")
+    producer.begin_transaction()
+    producer.produce(topic, b"from outside", partition=0)
+    producer.send_offsets_to_transaction(
+        [TopicPartition(topic, 0, 42)], outsider.consumer_group_metadata(), TIMEOUT_S
+    )
+    producer.commit_transaction(TIMEOUT_S)
+    kafka.settle()
+    assert kafka.group_offsets(group, topic, 1) == {0: 42}
+    outsider.close()
+    owner.close()

@@ -365,6 +365,27 @@ def test_a_fenced_replica_exits_non_zero_naming_the_transactional_id(
     assert world.committed().get(0) == 3
 
 
+def test_exactly_once_commits_nothing_once_its_consumer_is_outside_the_group(tmp_path: Path) -> None:
+    """The coordinator expired the replica mid-transaction; librdkafka reset its membership before the loop
+    heard of it. Kafka would take the offsets anyway (see the contract suite): the transaction must abort,
+    and the events be scored once, by the replica after it rejoined."""
+    world = World(tmp_path, partitions=1, delivery="exactly-once")
+    with running(world) as worker:
+        world.produce(3)
+        wait_until(lambda: world.committed().get(0) == 3, "the first batch committed")
+        world.broker.hold("scores")
+        ids = world.produce(3)
+        wait_until(lambda: len(worker.producer) > 0, "a transaction holding outputs")
+        assert isinstance(worker.consumer, InMemoryConsumer)
+        world.broker.expire(worker.consumer)
+        world.broker.release("scores")
+        wait_until(lambda: "rtml_transaction_aborts_total 1.0" in world.metrics.render().decode(),
+                   "the transaction aborted")  # fmt: skip
+        wait_until(lambda: world.committed().get(0) == 6, "the batch committed after the rejoin")
+    assert world.exit_code == 0
+    assert set(ids) <= set(world.answered()) and max(world.answered().values()) == 1
+
+
 def renewals(world: World, cause: str) -> float:
     series = f'rtml_producer_renewals_total{{cause="{cause}"}}'
     line = next(li for li in world.metrics.render().decode().splitlines() if li.startswith(series))

@@ -13,6 +13,7 @@ say the same thing several times a second.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,8 +22,22 @@ from typing import Any, Protocol, cast
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
 REPEAT_WINDOW_S = 10.0
+GROUP_METADATA_MAGIC = b"CGMDv2:"
 OnPartitions = Callable[[Any, list[TopicPartition]], None]
 OnDelivery = Callable[[Any, Message], None]
+
+
+def membership(group_metadata: Any) -> tuple[int, str]:
+    """(generation, member id) of what ``consumer_group_metadata`` returned, in librdkafka's serialised form
+    (``rd_kafka_consumer_group_metadata_write``: "CGMDv2:", the generation as a native int32, then the group
+    id and the member id, each NUL-terminated); (-1, "") for a form it does not know."""
+    data = bytes(group_metadata)
+    if not data.startswith(GROUP_METADATA_MAGIC) or len(data) < len(GROUP_METADATA_MAGIC) + 4:
+        return -1, ""
+    at = len(GROUP_METADATA_MAGIC)
+    generation = int.from_bytes(data[at : at + 4], sys.byteorder, signed=True)
+    parts = data[at + 4 :].split(b"\0", 2)
+    return generation, parts[1].decode(errors="replace") if len(parts) > 2 else ""
 
 
 class ConsumerClient(Protocol):

@@ -39,6 +39,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from worker.errors import FatalError
 from worker.runtime import faults
+from worker.runtime.clients import ConsumerClient, membership
 from worker.runtime.context import Context, DeliveryMode, merge_min
 from worker.runtime.intake import TP
 from worker.runtime.metrics import RenewalKind
@@ -122,7 +123,7 @@ class Transactions(DeliveryMode):
         offsets = [TopicPartition(t, p, o) for (t, p), o in meta.commit_points.items()]
         # Past the transaction's budget the coordinator aborts it anyway: waiting longer gains nothing.
         deadline = max(self._began + budget_s, time.monotonic() + min(MIN_OFFSETS_WAIT_S, budget_s))
-        producer, group = ctx.producer, ctx.consumer.consumer_group_metadata()
+        producer, group = ctx.producer, _member_metadata(ctx.consumer)
         send = lambda: producer.send_offsets_to_transaction(offsets, group, 30)  # noqa: E731
         _retrying(lambda: self._watchdog.call("send_offsets_to_transaction", send, deadline))
         _retrying(lambda: ctx.producer.commit_transaction(30))
@@ -197,6 +198,19 @@ class Transactions(DeliveryMode):
         merge_min(points, self.ctx.intake.drop())
         self.ctx.seek(points)
         self.resume_at = time.monotonic() + delay
+
+
+def _member_metadata(consumer: ConsumerClient) -> Any:
+    """The consumer's group metadata, if it is a member of the group's current generation; otherwise an
+    abortable error. Kafka takes a transactional commit with generation -1 and no member id whatever the
+    group holds, and librdkafka hands out exactly that between the coordinator's errors (it expired the
+    member) and the loop hearing of it at a poll: the commit would land over the partitions' new owner."""
+    metadata = consumer.consumer_group_metadata()
+    generation, member_id = membership(metadata)
+    if generation < 1 or not member_id:
+        why = f"the consumer is outside the group (generation {generation}, member id {member_id!r})"
+        raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID, why, txn_requires_abort=True))
+    return metadata
 
 
 def _retrying(call: Callable[[], object], attempts: int = 3) -> None:

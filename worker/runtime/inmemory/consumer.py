@@ -9,6 +9,7 @@ offset, else at ``auto.offset.reset`` (earliest or latest). ``read_committed`` i
 from __future__ import annotations
 
 import itertools
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,11 +25,22 @@ _NO_CALLBACK: OnPartitions = lambda _consumer, _partitions: None  # noqa: E731
 
 @dataclass(frozen=True)
 class GroupMetadata:
-    """What ``consumer_group_metadata`` hands to ``send_offsets_to_transaction``."""
+    """What ``consumer_group_metadata`` hands to ``send_offsets_to_transaction``: ``member`` None and
+    generation -1 outside the group, as librdkafka's (serialised the same way by ``bytes()``)."""
 
     group_id: str
     member: Member | None
     generation: int
+
+    @property
+    def member_id(self) -> str:
+        return "" if self.member is None else f"member-{id(self.member):x}"
+
+    def __bytes__(self) -> bytes:
+        """librdkafka's form: "CGMDv2:", the generation (native int32), group id and member id (each
+        NUL-terminated), then a byte that says the group instance id is null."""
+        return b"".join((b"CGMDv2:", struct.pack("=i", self.generation), self.group_id.encode(), b"\0",
+                         self.member_id.encode(), b"\0\x01"))  # fmt: skip
 
 
 class InMemoryConsumer:
@@ -216,7 +228,12 @@ class InMemoryConsumer:
             return 0, self.broker.high(partition.topic, partition.partition)
 
     def consumer_group_metadata(self) -> GroupMetadata:
-        return GroupMetadata(self.group_id, self.member, self.broker.group(self.group_id).generation)
+        """Outside the group (never joined, or expired and not yet told at a poll, by when librdkafka has
+        reset its member id and generation on the coordinator's errors): no member, generation -1."""
+        group = self.broker.group(self.group_id)
+        if self.member is None or self.member not in group.members:
+            return GroupMetadata(self.group_id, None, -1)
+        return GroupMetadata(self.group_id, self.member, group.generation)
 
     def close(self) -> None:
         """Run pending callbacks, revoke what is owned (its callback runs here), leave the group."""

@@ -216,9 +216,12 @@ class InMemoryProducer:
         txn = self._open()
         metadata: GroupMetadata = group_metadata
         group = self.broker.group(metadata.group_id)
-        if metadata.member is None or metadata.member not in group.members:
+        # As Kafka's coordinator: no member id and generation -1 is taken whatever the group holds (older
+        # clients send no group metadata); a member the group no longer has is refused.
+        outside = metadata.member is None and metadata.generation < 0
+        if not outside and (metadata.member is None or metadata.member not in group.members):
             error = KafkaError(
-                KafkaError.ILLEGAL_GENERATION, "the consumer left the group", txn_requires_abort=True
+                KafkaError.UNKNOWN_MEMBER_ID, "the consumer left the group", txn_requires_abort=True
             )
             raise KafkaException(error)
         points = txn.offsets.setdefault(metadata.group_id, {})
