@@ -30,13 +30,8 @@ RECOVERY_LIMIT_S = 15.0
 MESSAGE_TIMEOUT_MS = 10_000
 
 
-# Exactly-once is out of the short profile until a duplicate is explained: one CI run (seed 51000) read 327
-# duplicates, the first ~80 offsets of the 4 partitions a replica held while the group coordinator failed
-# over; the replica given them after the coordinator expired the first one read them from offset 0.
-BOUNCED = [pytest.param("at-least-once", marks=pytest.mark.chaos_short), "exactly-once"]
-
-
-@pytest.mark.parametrize("delivery", BOUNCED)
+@pytest.mark.chaos_short
+@pytest.mark.parametrize("delivery", DELIVERIES)
 def test_chaos_leader_bounces(chaos_env: ChaosEnv, chaos_stack: object, delivery: str) -> None:
     cycles = pick(2, 20)
     row = Row.of(f"leader bounces: SIGKILL/SIGSTOP {cycles}x, timeout ± 1 s ({delivery})")
