@@ -163,7 +163,11 @@ class Transactions(DeliveryMode):
             old.poll(0)  # the purged outputs' reports
         log.warning("a new producer takes over", extra={"cause": cause, "reason": why})
         ctx.metrics.producer_renewed(cause)
-        ctx.renew_producer().init_transactions(30)  # fences the old one, aborting what it had open
+        producer = ctx.renew_producer()
+        # Fences the old one, aborting what it had open; the coordinator may itself be failing over, so
+        # this is retried after a timeout, the heartbeat beaten meanwhile.
+        start = lambda: producer.init_transactions(30)  # noqa: E731
+        _retrying(lambda: self._watchdog.call("init_transactions", start, time.monotonic() + 35))
         ctx.breaker.restore(taken)
         self._rewind(meta, self._retry_delay(refused=False))
 

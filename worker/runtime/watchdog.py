@@ -20,12 +20,15 @@ import threading
 import time
 from collections.abc import Callable
 
+from worker.errors import InfrastructureError
+
 log = logging.getLogger("worker.runtime")
 BEAT_S = 0.05  # how often the heartbeat is beaten while a call is watched
 
 
-class Stuck(Exception):
-    """A watched call was still blocked at its deadline; it goes on blocking on its own thread."""
+class Stuck(InfrastructureError):
+    """A watched call was still blocked at its deadline; it goes on blocking on its own thread. Uncaught,
+    it stops the worker as any infrastructure failure does."""
 
 
 class Watchdog:
