@@ -148,6 +148,7 @@ class Progress(threading.Thread):
         self._halt = threading.Event()
         self._last_advance = time.monotonic()
         self._stalled = False
+        self._peak = 0  # the largest lag sampled since the last peak_lag()
 
     def _reader(self) -> Consumer:
         # A request unanswered for 2 s drops its connection: a paused broker is not waited on for long.
@@ -183,6 +184,7 @@ class Progress(threading.Thread):
             advanced |= offset > before
         self.committed = {**self.committed, **committed}
         self.highs = highs
+        self._peak = max(self._peak, self.lag())
         waiting = any(highs.get(p, 0) > self.committed.get(p, 0) for p in range(self.partitions))
         if advanced or not waiting:
             self._last_advance, self._stalled = now, False
@@ -193,6 +195,11 @@ class Progress(threading.Thread):
     def lag(self) -> int:
         """Events produced and not yet committed, as last sampled: what a crash now could answer twice."""
         return sum(max(0, h - self.committed.get(p, 0)) for p, h in self.highs.items())
+
+    def peak_lag(self) -> int:
+        """The largest lag sampled since the last call (or the start); starts the next window."""
+        peak, self._peak = self._peak, self.lag()
+        return peak
 
     def total_committed(self) -> int:
         return sum(self.committed.values())
