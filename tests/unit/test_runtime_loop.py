@@ -414,6 +414,34 @@ def test_a_transaction_the_coordinator_timed_out_goes_on_with_a_new_producer(
     assert set(ids) <= set(world.answered()) and max(world.answered().values()) == 1
 
 
+@pytest.mark.parametrize(
+    "abort_error",
+    [KafkaError(KafkaError.INVALID_TXN_STATE, "the coordinator aborted it", fatal=True),
+     KafkaError(KafkaError._TIMED_OUT, "the coordinator is unreachable", retriable=True)],
+    ids=["fatal", "timing-out"],
+)  # fmt: skip
+def test_an_abort_that_fails_is_left_to_a_new_producer(tmp_path: Path, abort_error: KafkaError) -> None:
+    """Outputs timed out in a transaction older than its timeout, and the abort failed in turn (in the
+    chaos suite's network partition: INVALID_TXN_STATE, the worker exited 1): a new producer, whose
+    init_transactions aborts what the old one had open, takes over; the batch is scored once."""
+    world = World(tmp_path, partitions=1, delivery="exactly-once", transaction_timeout_ms=1000)
+    with running(world) as worker:
+        world.produce(3)
+        wait_until(lambda: world.committed().get(0) == 3, "the first batch committed")
+        world.broker.hold("scores")
+        ids = world.produce(3)
+        wait_until(lambda: len(worker.producer) > 0, "a transaction holding outputs")
+        time.sleep(1.1)  # past transaction_timeout_ms
+        for _ in range(3):  # every retry of a timing-out abort
+            world.broker.fail_abort(abort_error)
+        world.broker.expire_held()
+        world.broker.release("scores")
+        wait_until(lambda: world.committed().get(0) == 6, "the batch committed by a new producer")
+        assert world.running
+    assert world.exit_code == 0
+    assert set(ids) <= set(world.answered()) and max(world.answered().values()) == 1
+
+
 @controls(broken.WaitsOnStuckCalls)
 def test_send_offsets_stuck_past_the_transaction_deadline_is_given_up_for_a_new_producer(
     tmp_path: Path, worker_type: type[Worker]

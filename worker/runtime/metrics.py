@@ -27,7 +27,7 @@ Series (every name starts with ``rtml_``; counters end in ``_total``):
     rtml_transaction_aborts_total           exactly-once: transactions aborted (and their batch rewound)
     rtml_producer_renewals_total{cause}     exactly-once: producers replaced: "timed_out" (the coordinator
                                             aborted a transaction open past its timeout), "stuck" (a
-                                            librdkafka call outlived its deadline)
+                                            librdkafka call outlived its deadline), "abort_failed"
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ MetricName = Literal[
 METRIC_NAMES: Final[tuple[MetricName, ...]] = get_args(MetricName)
 RebalanceKind = Literal["assign", "revoke", "lost"]
 FailureKind = Literal["record", "broker"]
-# Why exactly-once replaced its producer: the coordinator aborted a transaction open past its timeout, or
-# a librdkafka call outlived its deadline (see worker.runtime.transactions).
-RenewalKind = Literal["timed_out", "stuck"]
+# Why exactly-once replaced its producer: the coordinator aborted a transaction open past its timeout, a
+# librdkafka call outlived its deadline, or an abort failed (see worker.runtime.transactions).
+RenewalKind = Literal["timed_out", "stuck", "abort_failed"]
 
 # Upper bounds ("le") of the histogram buckets; +Inf is added by the histogram.
 BATCH_SIZE_BUCKETS: Final = (

@@ -19,12 +19,12 @@ One segment, in order:
      first offsets, and back off (0.5 s doubling to 30 s; the first abort without a refused record, such as a
      rebalance moving the group on, is retried at once); three aborts in a row: not ready;
   5. a fatal error of a transaction open longer than ``transaction_timeout_ms`` (the coordinator aborted it
-     and bumped the producer's epoch: a replica stopped or starved that long), or a
-     ``send_offsets_to_transaction`` still blocked at the transaction's deadline (librdkafka #5456, #5511,
-     see ``worker.runtime.watchdog``): the producer is given up and a new one with the same transactional
-     id takes over (its ``init_transactions`` fences the old one and aborts what it had open), then the
-     segment is rewound as in 4. Any other fatal error stops the worker: a young transaction fenced means
-     another live producer has this id;
+     and bumped the producer's epoch: a replica stopped or starved that long, or cut off from the brokers),
+     a ``send_offsets_to_transaction`` still blocked at the transaction's deadline (librdkafka #5456, #5511,
+     see ``worker.runtime.watchdog``), or an abort that fails: the producer is given up and a new one with
+     the same transactional id takes over (its ``init_transactions`` fences the old one and aborts what it
+     had open), then the segment is rewound as in 4. Any other fatal error stops the worker: a young
+     transaction fenced means another live producer has this id;
   6. what the batch had after a segment that was not committed is read again too (``unproduced``).
 """
 
@@ -51,6 +51,7 @@ from worker.runtime.watchdog import Stuck, Watchdog
 
 log = logging.getLogger("worker.runtime")
 MIN_OFFSETS_WAIT_S = 5.0  # send_offsets_to_transaction may wait this long past the transaction's budget
+OFFSETS_GRACE_S = 2.0  # and this long past librdkafka's own cap, so that its timeout comes first
 MAX_STUCK = 8  # producers given up with a call still blocked: past this, stop (a restart frees them)
 
 
@@ -86,7 +87,7 @@ class Transactions(DeliveryMode):
                 if not (isolated and _abortable(exc) and self._replaced(outputs, in_flight)):
                     raise
                 # Alone, the suspect was refused again: abort, and commit its replacement instead.
-                ctx.producer.abort_transaction(30)
+                self._abort_transaction()
                 ctx.metrics.aborted()
                 in_flight = InFlight({}, {}, outputs=outputs)
                 self._commit(outputs, in_flight, meta)
@@ -121,8 +122,10 @@ class Transactions(DeliveryMode):
         ctx.push(backlog, budget_s, transactional=True)
         ctx.await_acks(budget_s)  # the loop beats meanwhile; commit_transaction would block blind
         offsets = [TopicPartition(t, p, o) for (t, p), o in meta.commit_points.items()]
-        # Past the transaction's budget the coordinator aborts it anyway: waiting longer gains nothing.
-        deadline = max(self._began + budget_s, time.monotonic() + min(MIN_OFFSETS_WAIT_S, budget_s))
+        # librdkafka caps the call at the transaction's budget (then a retriable timeout, and an abort), and
+        # past it the coordinator aborts the transaction anyway: a call blocked longer than that is stuck.
+        deadline = max(self._began + budget_s + OFFSETS_GRACE_S,
+                       time.monotonic() + min(MIN_OFFSETS_WAIT_S, budget_s))  # fmt: skip
         producer, group = ctx.producer, _member_metadata(ctx.consumer)
         send = lambda: producer.send_offsets_to_transaction(offsets, group, 30)  # noqa: E731
         _retrying(lambda: self._watchdog.call("send_offsets_to_transaction", send, deadline))
@@ -137,19 +140,28 @@ class Transactions(DeliveryMode):
     def _failed(
         self, exc: KafkaException, meta: Meta, outputs: Outputs, in_flight: InFlight, taken: dict[TP, Any]
     ) -> None:
-        """An abortable error aborts and rewinds the segment; a fatal one of a transaction the coordinator
-        timed out renews the producer; any other stops the worker."""
+        """A fatal error: see ``_fatal``. An abortable one, or a retriable one that outlasted its retries (a
+        timeout): abort and rewind the segment. Any other stops the worker."""
+        error: KafkaError = exc.args[0]
+        if error.fatal():
+            self._fatal(exc, meta, taken)
+        elif error.txn_requires_abort() or error.retriable():
+            self._abort(error, meta, outputs, in_flight, taken)
+        else:
+            raise FatalError(self._fatal_reason(exc)) from exc
+
+    def _fatal(self, exc: KafkaException, meta: Meta, taken: dict[TP, Any]) -> None:
+        """A fatal error of a transaction open past ``transaction_timeout_ms``: the coordinator aborted it
+        and bumped the epoch, so a new producer takes over. Of a younger one: another live producer has
+        this transactional id (or worse), and the worker stops."""
         error: KafkaError = exc.args[0]
         open_s = time.monotonic() - self._began
         timeout_s = self.ctx.settings.transaction_timeout_ms / 1000
-        if error.fatal() and open_s >= timeout_s:
-            why = (f"the transaction was open {open_s:.1f} s, past transaction_timeout_ms "
-                   f"({timeout_s:g} s): the coordinator aborted it ({faults.describe(error)})")  # fmt: skip
-            self._renew("timed_out", why, meta, taken, usable=True)
-            return
-        if error.fatal() or not error.txn_requires_abort():
+        if open_s < timeout_s:
             raise FatalError(self._fatal_reason(exc)) from exc
-        self._abort(error, meta, outputs, in_flight, taken)
+        why = (f"the transaction was open {open_s:.1f} s, past transaction_timeout_ms ({timeout_s:g} s): "
+               f"the coordinator aborted it ({faults.describe(error)})")  # fmt: skip
+        self._renew("timed_out", why, meta, taken, usable=True)
 
     def _renew(self, cause: RenewalKind, why: str, meta: Meta, taken: dict[TP, Any], *, usable: bool) -> None:
         """Give the producer up for a new one with the same transactional id, then rewind the segment.
@@ -174,9 +186,21 @@ class Transactions(DeliveryMode):
     def _abort(
         self, error: KafkaError, meta: Meta, outputs: Outputs, in_flight: InFlight, taken: dict[TP, Any]
     ) -> None:
-        """Abort, take the segment back from the breaker, note refused records, rewind with backoff."""
+        """Abort, take the segment back from the breaker, note refused records, rewind with backoff. An
+        abort that fails leaves the transaction to a new producer (whose init_transactions aborts it)."""
         ctx = self.ctx
-        ctx.producer.abort_transaction(30)
+        try:
+            self._abort_transaction()
+        except KafkaException as exc:
+            if exc.args[0].fatal():
+                self._fatal(exc, meta, taken)
+            else:
+                why = f"abort_transaction failed: {faults.describe(exc.args[0])}"
+                self._renew("abort_failed", why, meta, taken, usable=True)
+            return
+        except Stuck as exc:
+            self._renew("abort_failed", str(exc), meta, taken, usable=False)
+            return
         ctx.producer.poll(0)  # the aborted outputs' reports
         ctx.breaker.restore(taken)
         ctx.metrics.aborted()
@@ -188,6 +212,13 @@ class Transactions(DeliveryMode):
             ctx.health.set_outputs_down(f"{self.retry.attempts} transactions aborted in a row: "
                                         f"{faults.describe(error)}")  # fmt: skip
         self._rewind(meta, delay)
+
+    def _abort_transaction(self) -> None:
+        """abort_transaction, again after a timeout (the coordinator may be failing over), beating the
+        heartbeat meanwhile."""
+        producer = self.ctx.producer
+        abort = lambda: producer.abort_transaction(30)  # noqa: E731
+        _retrying(lambda: self._watchdog.call("abort_transaction", abort, time.monotonic() + 35))
 
     def _retry_delay(self, *, refused: bool) -> float:
         """The backoff before the segment is tried again (see 4. in the module docstring)."""

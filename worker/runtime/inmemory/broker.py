@@ -101,6 +101,7 @@ class InMemoryBroker:
         self.epochs: dict[str, int] = {}  # transactional id -> the epoch of its newest producer
         self.delivery_faults: list[DeliveryFault] = []
         self.commit_faults: list[KafkaError] = []  # raised by the next commit_transaction calls
+        self.abort_faults: list[KafkaError] = []  # raised by the next abort_transaction calls
         self.held: set[str] = set()  # topics whose deliveries are held in flight (a dead leader)
         self.offsets_open = threading.Event()  # cleared: send_offsets_to_transaction blocks (stall_offsets)
         self.offsets_open.set()
@@ -307,6 +308,11 @@ class InMemoryBroker:
         """The next ``commit_transaction`` fails with ``error`` (made abortable, as a broker error is)."""
         with self.lock:
             self.commit_faults.append(error)
+
+    def fail_abort(self, error: KafkaError) -> None:
+        """The next ``abort_transaction`` raises ``error`` as it is (fatal, retriable or neither)."""
+        with self.lock:
+            self.abort_faults.append(error)
 
     def stall_offsets(self, stalled: bool = True) -> None:
         """``send_offsets_to_transaction`` blocks, past its timeout, until ``stall_offsets(False)``: what

@@ -12,7 +12,8 @@ With ``transactional.id``: ``init_transactions`` fences every older producer of 
 raises a fatal ``_FENCED``, and their open transaction is aborted), as does a transaction the broker times
 out (``time_out_transactions``); records of a transaction stay invisible to read_committed readers until
 ``commit_transaction``, which raises an abortable error when one of its messages failed or a fault was
-injected; ``abort_transaction`` drops what is queued and hides what was written. While the broker stalls
+injected; ``abort_transaction`` drops what is queued and hides what was written (or raises an injected
+fault). While the broker stalls
 offsets (``stall_offsets``), ``send_offsets_to_transaction`` blocks past any timeout.
 """
 
@@ -171,7 +172,10 @@ class InMemoryProducer:
                 if persisted:
                     record = Record(out.key, out.value, out.headers, self.broker.tick(), out.txn)
                     self.broker.append(out.topic, out.partition, record)
-                self._report(out, KafkaError(KafkaError._MSG_TIMED_OUT, "Local: Message timed out"), -1001)
+                timed_out = KafkaError(KafkaError._MSG_TIMED_OUT, "Local: Message timed out")
+                if out.txn is not None and self.txn_failed is None:
+                    self.txn_failed = timed_out  # as librdkafka: the transaction must be aborted
+                self._report(out, timed_out, -1001)
             self.queue = kept
 
     def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
@@ -245,6 +249,10 @@ class InMemoryProducer:
     def abort_transaction(self, timeout: float = -1) -> None:
         self._check_fenced()
         txn = self._open()
+        with self.broker.lock:
+            fault = self.broker.abort_faults.pop(0) if self.broker.abort_faults else None
+        if fault is not None:
+            raise KafkaException(fault)
         self.purge(in_queue=True, in_flight=True)
         self.poll(0)
         self.broker.end_transaction(txn, commit=False)
