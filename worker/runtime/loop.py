@@ -132,7 +132,11 @@ class Worker:
             self._drain()
         except (KafkaException, InfrastructureError) as exc:
             reason = self._fatal_reason(exc)
-            log.error("stopping on a fatal error", extra={"error": reason, "kind": type(exc).__name__})
+            log.error(
+                "stopping on a fatal error",
+                extra={"error": reason, "kind": type(exc).__name__},
+                exc_info=True,
+            )  # where it came from: a fatal exit is worth its traceback
             self.health.set_fatal(reason)
             self.ctx.failed = True
             code = 1

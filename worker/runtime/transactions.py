@@ -171,8 +171,11 @@ class Transactions(DeliveryMode):
             raise FatalError(f"{MAX_STUCK} producers given up with a librdkafka call still blocked: {why}")
         old = ctx.producer
         if usable:
-            old.purge(in_queue=True, in_flight=True)
-            old.poll(0)  # the purged outputs' reports
+            try:
+                old.purge(in_queue=True, in_flight=True)
+                old.poll(0)  # the purged outputs' reports
+            except KafkaException as exc:  # a producer in a fatal state raises it from poll: it is left
+                log.info("the producer given up raised", extra={"error": str(exc.args[0])})
         log.warning("a new producer takes over", extra={"cause": cause, "reason": why})
         ctx.metrics.producer_renewed(cause)
         producer = ctx.renew_producer()
