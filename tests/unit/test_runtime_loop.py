@@ -365,17 +365,23 @@ def test_a_fenced_replica_exits_non_zero_naming_the_transactional_id(
     assert world.committed().get(0) == 3
 
 
+def open_transaction(world: World, worker: Worker) -> list[str]:
+    """A first batch committed, then a transaction whose outputs the broker holds; the held events' ids."""
+    world.produce(3)
+    wait_until(lambda: world.committed().get(0) == 3, "the first batch committed")
+    world.broker.hold("scores")
+    ids = world.produce(3)
+    wait_until(lambda: len(worker.producer) > 0, "a transaction holding outputs")
+    return ids
+
+
 def test_exactly_once_commits_nothing_once_its_consumer_is_outside_the_group(tmp_path: Path) -> None:
     """The coordinator expired the replica mid-transaction; librdkafka reset its membership before the loop
     heard of it. Kafka would take the offsets anyway (see the contract suite): the transaction must abort,
     and the events be scored once, by the replica after it rejoined."""
     world = World(tmp_path, partitions=1, delivery="exactly-once")
     with running(world) as worker:
-        world.produce(3)
-        wait_until(lambda: world.committed().get(0) == 3, "the first batch committed")
-        world.broker.hold("scores")
-        ids = world.produce(3)
-        wait_until(lambda: len(worker.producer) > 0, "a transaction holding outputs")
+        ids = open_transaction(world, worker)
         assert isinstance(worker.consumer, InMemoryConsumer)
         world.broker.expire(worker.consumer)
         world.broker.release("scores")
@@ -400,11 +406,7 @@ def test_a_transaction_the_coordinator_timed_out_goes_on_with_a_new_producer(
     is no twin's fencing, so a new producer takes over and the batch is scored again, once."""
     world = World(tmp_path, partitions=1, delivery="exactly-once", transaction_timeout_ms=1000)
     with running(world, worker_type) as worker:
-        world.produce(3)
-        wait_until(lambda: world.committed().get(0) == 3, "the first batch committed")
-        world.broker.hold("scores")
-        ids = world.produce(3)
-        wait_until(lambda: len(worker.producer) > 0, "a transaction holding outputs")
+        ids = open_transaction(world, worker)
         time.sleep(1.1)  # past transaction_timeout_ms
         world.broker.time_out_transactions()
         world.broker.release("scores")
@@ -426,11 +428,7 @@ def test_an_abort_that_fails_is_left_to_a_new_producer(tmp_path: Path, abort_err
     init_transactions aborts what the old one had open, takes over; the batch is scored once."""
     world = World(tmp_path, partitions=1, delivery="exactly-once", transaction_timeout_ms=1000)
     with running(world) as worker:
-        world.produce(3)
-        wait_until(lambda: world.committed().get(0) == 3, "the first batch committed")
-        world.broker.hold("scores")
-        ids = world.produce(3)
-        wait_until(lambda: len(worker.producer) > 0, "a transaction holding outputs")
+        ids = open_transaction(world, worker)
         time.sleep(1.1)  # past transaction_timeout_ms
         for _ in range(3):  # every retry of a timing-out abort
             world.broker.fail_abort(abort_error)
