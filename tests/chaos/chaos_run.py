@@ -85,6 +85,7 @@ class Row:
     restarts: int = 0
     seeds: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    passed: bool = False  # set by check(): only a row whose claims held is kept in the ledger
 
     @classmethod
     def of(cls, scenario: str) -> Row:
@@ -96,6 +97,7 @@ class Row:
         assert self.lost == self.wrong == 0, self
         assert self.out_of_order == 0 or not in_order, self
         assert self.duplicated == 0 or delivery != "exactly-once", self
+        self.passed = self.runs > 0
 
     def add(self, result: RunResult, *, restarts_allowed: bool = False) -> None:
         """One run's figures into the row; a run whose workers were restarted fails here, unless allowed."""
@@ -446,8 +448,8 @@ def render(rows: list[Row]) -> list[str]:
     """The table's lines: one per scenario, the seeds and notes below it."""
     columns = ("scenario", "runs", "faults", "events", "lost", "duplicated", "wrong", "out of order",
                "stalls over 5 s", "worker restarts")  # fmt: skip
-    cells = [[r.scenario, r.runs, r.faults, r.events, r.lost, r.duplicated, r.wrong, r.out_of_order, r.stalls,
-              r.restarts] for r in rows]  # fmt: skip
+    cells = [[r.scenario if r.passed else f"{r.scenario} [FAILED]", r.runs, r.faults, r.events, r.lost,
+              r.duplicated, r.wrong, r.out_of_order, r.stalls, r.restarts] for r in rows]  # fmt: skip
     widths = [max(len(c), *(len(str(row[i])) for row in cells)) for i, c in enumerate(columns)]
     lines = [" | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines.append("-+-".join("-" * w for w in widths))

@@ -30,11 +30,15 @@ def worker_digest() -> str:
 
 
 def store(rows: list[Any]) -> None:
-    """Keep ``rows`` (``chaos_run.Row``), replacing earlier rows of the same scenarios."""
+    """Keep the rows (``chaos_run.Row``) whose checks passed, replacing earlier rows of their scenarios.
+
+    A failed scenario (a failed check, a run that timed out) keeps no row: its partial sums would read as a
+    clean result. The session's own table still shows it, marked failed.
+    """
     kept = _load()
     at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     stamp = {"worker": worker_digest(), "at": at}
-    for row in rows:
+    for row in (r for r in rows if r.passed):
         kept[row.scenario] = dataclasses.asdict(row) | stamp
     LEDGER.parent.mkdir(parents=True, exist_ok=True)
     LEDGER.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
