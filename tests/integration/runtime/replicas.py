@@ -184,20 +184,24 @@ class Fleet:
         for replica in self.replicas:
             replica.start()
 
-    def ready(self) -> list[Replica]:
-        """The replicas whose ``/readyz`` answers 200 (running, with partitions assigned)."""
-        return [r for r in self.replicas if r.alive and r.has_port() and r.readyz() == 200]
+    def ready(self, among: list[Replica] | None = None) -> list[Replica]:
+        """Those of ``among`` (or all) whose ``/readyz`` answers 200: running, partitions assigned."""
+        return [r for r in among or self.replicas if r.alive and r.has_port() and r.readyz() == 200]
 
-    def kill_random(self, rng: random.Random, *, timeout_s: float = 60.0) -> Replica:
-        """SIGKILL a ready replica, chosen at random (so the kill hits one that owns partitions), and start
-        it again."""
+    def wait_ready(self, among: list[Replica] | None = None, timeout_s: float = 60.0) -> list[Replica]:
+        """The ready replicas of ``among`` (or all), once there is one; fails the test past ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        while not (candidates := self.ready()):
+        while not (ready := self.ready(among)):
             self.check()
             if time.monotonic() > deadline:
                 pytest.fail(f"no replica became ready within {timeout_s} s\n{self.logs()}", pytrace=False)
             time.sleep(0.2)
-        replica = rng.choice(candidates)
+        return ready
+
+    def kill_random(self, rng: random.Random, *, timeout_s: float = 60.0) -> Replica:
+        """SIGKILL a ready replica, chosen at random (so the kill hits one that owns partitions), and start
+        it again."""
+        replica = rng.choice(self.wait_ready(timeout_s=timeout_s))
         replica.sigkill()
         replica.start()
         return replica

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 from harness import BackgroundProducer, end_offsets, plan_events, produce
-from replicas import Replica, committed, wait_committed
+from replicas import committed, wait_committed
 from scenario import Scenario
 
 PARTITIONS = 12
@@ -98,7 +98,7 @@ def test_rolling_sigterm_loses_and_duplicates_nothing(
     for replica in s.fleet.replicas:
         time.sleep(KILL_EVERY_S)
         s.fleet.check()
-        _wait_ready(s, replica)  # a rolling restart waits for readiness; a SIGTERM mid-import exits -15
+        s.fleet.wait_ready([replica])  # a rolling restart waits for readiness; a SIGTERM mid-import exits -15
         replica.sigterm()
         code = replica.wait(60)
         assert code == 0, f"{replica.name} exited {code} on SIGTERM\n{replica.tail()}"
@@ -108,14 +108,6 @@ def test_rolling_sigterm_loses_and_duplicates_nothing(
     finish(s, sources, started)
     report = s.verify(sources)
     assert report.clean, report.render()
-
-
-def _wait_ready(s: Scenario, replica: Replica, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while replica not in s.fleet.ready():
-        s.fleet.check()
-        assert time.monotonic() < deadline, f"{replica.name} not ready in {timeout_s} s\n{replica.tail()}"
-        time.sleep(0.2)
 
 
 def test_negative_control_unsafe_commit_on_receipt_is_caught(scenario: Callable[..., Scenario]) -> None:
