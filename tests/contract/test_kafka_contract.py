@@ -197,6 +197,72 @@ def test_a_second_member_takes_partitions_incrementally_and_close_revokes(kafka:
     first.close()
 
 
+def test_a_commit_sent_across_a_rebalance_is_refused_and_goes_through_once_rejoined(kafka: Backend) -> None:
+    """The worker's last commit on SIGTERM can meet a rebalance: Kafka refuses a commit whose generation the
+    group has left (ILLEGAL_GENERATION, or REBALANCE_IN_PROGRESS while it completes; librdkafka does not
+    retry it, #4908), the member keeps the partitions it was not asked to give up, and the same commit goes
+    through once the member has polled its way into the new generation. A join is retried with a new
+    member when one passes without a refused commit (the window is a round trip of the second join)."""
+    topic = kafka.create_topic(4)
+    group = f"g-{uuid.uuid4().hex}"
+    owned: dict[str, set[int]] = {"a": set(), "b": set()}
+
+    def tracked(name: str) -> dict[str, Any]:
+        def on_assign(_c: Any, parts: list[TopicPartition]) -> None:
+            owned[name].update(p.partition for p in parts)
+
+        def on_revoke(_c: Any, parts: list[TopicPartition]) -> None:
+            owned[name].difference_update(p.partition for p in parts)
+
+        return {"on_assign": on_assign, "on_revoke": on_revoke}
+
+    first = kafka.clients.consumer(consumer_config(kafka, group))
+    first.subscribe([topic], **tracked("a"))
+    until(lambda: owned["a"] == {0, 1, 2, 3}, "the first member owning everything", lambda: first.poll(0.1))
+    refused: list[tuple[KafkaError, list[TopicPartition]]] = []
+    offset = 0
+    for _join in range(5):
+        second = kafka.clients.consumer(consumer_config(kafka, group))
+        second.subscribe([topic], **tracked("b"))
+        while not refused and not (len(owned["a"]) == 2 and len(owned["b"]) == 2):
+            first.poll(0.01)
+            second.poll(0.01)
+            offset += 1
+            offsets = [TopicPartition(topic, p, offset) for p in sorted(owned["a"])]
+            try:
+                first.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                refused.append((exc.args[0], offsets))
+        if refused:
+            break
+        second.close()
+        until(lambda: len(owned["a"]) == 4, "the first member owning all again", lambda: first.poll(0.1))
+    assert refused, "no commit was refused in 5 joins"
+    error, offsets = refused[0]
+    assert error.code() in (KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS), error
+    kept = [tp for tp in offsets if tp.partition in owned["a"]]
+    assert kept, f"the member gave up every partition it committed: {owned}"
+    before = first.committed(kept, timeout=10)
+    assert all(now.offset < tp.offset for now, tp in zip(before, kept, strict=True)), "it landed"
+
+    def both() -> None:
+        first.poll(0.05)
+        second.poll(0.05)
+
+    until(lambda: _commits(first, kept), "the refused commit going through", both)
+    assert [tp.offset for tp in first.committed(kept, timeout=10)] == [tp.offset for tp in kept]
+    second.close()
+    first.close()
+
+
+def _commits(consumer: ConsumerClient, offsets: list[TopicPartition]) -> bool:
+    try:
+        consumer.commit(offsets=offsets, asynchronous=False)
+    except KafkaException:
+        return False
+    return True
+
+
 def transactional(kafka: Backend, txn_id: str, timeout_ms: int = 10_000) -> ProducerClient:
     producer = kafka.clients.producer(
         kafka.config(**{"transactional.id": txn_id, "transaction.timeout.ms": timeout_ms})

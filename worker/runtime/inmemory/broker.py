@@ -8,9 +8,11 @@ a blocking ``consume``/``flush`` wakes up without sleeping.
 What it models, after Kafka: per-partition logs with offsets; ``read_committed`` visibility (records of an
 open transaction hide everything after them, aborted ones are skipped); producer fencing by transactional id;
 a group's committed offsets; a group's partitions spread round-robin over its members, moved incrementally
-(cooperative: the old owner is revoked at its next poll before the new owner is assigned); members that leave,
-or whose session a test expires (their partitions are lost). What it does not model: replication, leaders,
-networking, compression, time-based retention.
+(cooperative: the old owner is revoked at its next poll before the new owner is assigned), each move a new
+generation, which a member learns at its next consume/poll (a commit sent before is refused with
+ILLEGAL_GENERATION, as Kafka refuses one sent across a cooperative rebalance's second join); members that
+leave, or whose session a test expires (their partitions are lost). What it does not model: replication,
+leaders, networking, compression, time-based retention.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Member:
     owned: set[TP] = field(default_factory=set)
     callbacks: list[tuple[Literal["assign", "revoke", "lost"], list[TP]]] = field(default_factory=list)
     alive: bool = True
+    generation: int = 0  # the group's generation as this member last saw it (at its last consume/poll)
 
 
 @dataclass
@@ -192,8 +195,10 @@ class InMemoryBroker:
 
     def join(self, group_id: str, member: Member) -> None:
         with self.changed:
-            self.group(group_id).members.append(member)
+            group = self.group(group_id)
+            group.members.append(member)
             self.rebalance(group_id)
+            member.generation = group.generation
 
     def leave(self, group_id: str, member: Member, *, lost: bool) -> None:
         """``member`` left (closed) or its session expired (``lost``): its partitions move on."""

@@ -75,6 +75,7 @@ class InMemoryConsumer:
     # --- fetching ---------------------------------------------------------------------------------------
 
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        self._rejoin()
         # Fetched before the callbacks run, as messages already queued in librdkafka come out of the same
         # call that serves a rebalance: a revoked partition's messages can follow its on_revoke.
         messages = self._fetch(num_messages)
@@ -84,6 +85,12 @@ class InMemoryConsumer:
             messages = self._fetch(num_messages)
         self._serve()
         return messages
+
+    def _rejoin(self) -> None:
+        """Learn the group's generation, as librdkafka's rejoin does in the background while it is polled."""
+        with self.broker.lock:
+            if self.member is not None:
+                self.member.generation = self.broker.group(self.group_id).generation
 
     def _due(self) -> bool:
         """Callbacks or commit results are waiting to be served."""
@@ -203,11 +210,15 @@ class InMemoryConsumer:
     def commit(
         self, message: Message | None = None, *, offsets: list[TopicPartition], asynchronous: bool = True
     ) -> list[TopicPartition] | None:
-        """Commit ``offsets`` for the group; fails with UNKNOWN_MEMBER_ID once the member left or expired."""
+        """Commit ``offsets`` for the group; fails with UNKNOWN_MEMBER_ID once the member left or expired,
+        with ILLEGAL_GENERATION when the group moved on since the member's last consume/poll."""
         with self.broker.changed:
             member = self.member
-            if member is None or not member.alive or member not in self.broker.group(self.group_id).members:
+            group = self.broker.group(self.group_id)
+            if member is None or not member.alive or member not in group.members:
                 error: KafkaError | None = KafkaError(KafkaError.UNKNOWN_MEMBER_ID)
+            elif member.generation != group.generation:
+                error = KafkaError(KafkaError.ILLEGAL_GENERATION)
             else:
                 error = None
                 committed = self.broker.group(self.group_id).committed
