@@ -83,6 +83,21 @@ class DrainsWhateverWaits(Worker):
         super()._drain()
 
 
+class _GivesUpRefusedCommits(AtLeastOnce):
+    """On SIGTERM, commits what was delivered once and leaves, whether or not the group took it."""
+
+    def drain(self, budget_s: float) -> None:
+        self._flush(budget_s)
+        self.settle(force=True)
+
+
+class GivesUpARefusedLastCommit(Worker):
+    """A last commit refused across a rebalance is lost: the next owner answers it again."""
+
+    def _delivery_mode(self) -> DeliveryMode:
+        return _GivesUpRefusedCommits(self.ctx)
+
+
 class _StaleRebalance(Rebalance):
     """Keeps what a consume returned for partitions it revoked, and what it knew of a partition that comes
     back: a commit point from an earlier ownership can then move the committed offset back."""

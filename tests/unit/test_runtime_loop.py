@@ -204,6 +204,27 @@ def test_sigterm_during_a_registry_outage_exits_0_after_committing_what_was_deli
     assert world.dead_letters() == []
 
 
+@controls(broken.GivesUpARefusedLastCommit)
+def test_a_last_commit_refused_across_a_rebalance_is_sent_again_before_leaving(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    """SIGTERM while the group moves to a new generation (a replica joining in a rolling restart): the
+    drain's commit is refused (ILLEGAL_GENERATION) and so is the revoke's in ``close``; the worker must poll
+    its way into the new generation and commit again, or the next owner answers all it delivered again."""
+    world = World(tmp_path, partitions=1, commit_interval_ms=600_000)  # the drain's commit is the only one
+    with running(world, worker_type):
+        world.broker.hold("scores")
+        world.produce(10)
+        wait_until(lambda: len(world.broker.producers[-1]) == 10, "the scores to be in flight")
+        assert world.worker is not None
+        world.worker.stop()
+        time.sleep(0.5)  # the loop ends its turn (a turn blocks 0.1 s at most) and drains, on held outputs
+        other, _ = other_member(world)  # a new generation the draining worker has not polled its way into
+        assert world.stop() == 0
+    assert world.committed() == {0: 10}
+    other.close()
+
+
 @controls(broken.SpinsOnFullQueue)
 def test_a_full_producer_queue_keeps_the_loop_turning_with_partitions_paused(
     tmp_path: Path, worker_type: type[Worker]

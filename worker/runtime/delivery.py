@@ -26,7 +26,8 @@ When an output fails (``worker.runtime.faults``), the loop rewinds instead of co
   5. any other failure is the broker side's: the partitions resume after a backoff (0.5 s doubling to 30 s),
      not ready meanwhile.
 On a revoke, in-flight outputs are flushed within ``revoke_budget_ms`` and what is delivered is committed;
-nothing is committed once the breaker is open or the worker failed.
+nothing is committed once the breaker is open or the worker failed. On SIGTERM, the same within
+``shutdown_budget_ms``, and a last commit the group refused (a rebalance under way) is sent again until taken.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from worker.runtime.tracker import CommitTracker, Failure, InFlight
 
 log = logging.getLogger("worker.runtime")
 AWAIT_S = 30.0  # an isolated record's outputs must be acknowledged within this
+RECOMMIT_EVERY_S = 0.1  # on SIGTERM, a refused last commit is sent again this often, within the budget
 
 
 class AtLeastOnce(DeliveryMode):
@@ -212,8 +214,31 @@ class AtLeastOnce(DeliveryMode):
             self._rewind_extra.pop(tp, None)
 
     def drain(self, budget_s: float) -> None:
+        deadline = time.monotonic() + budget_s
         self._flush(budget_s)
         self.settle(force=True)
+        self._commit_again(deadline)
+
+    def _commit_again(self, deadline: float) -> None:
+        """A last commit the group refused (sent across a rebalance: ILLEGAL_GENERATION or
+        REBALANCE_IN_PROGRESS; librdkafka does not retry it, and ``close``'s revoke meets the same refusal)
+        goes again once the consumer, polled, has rejoined. Without it, a replica stopped while another
+        joins (a rolling restart) leaves its last commit interval to be answered again. Nothing more is
+        consumed: the partitions are paused; what a poll still returns stays pending, never processed."""
+        ctx = self.ctx
+        if not self.tracker.to_commit(ctx.assigned):
+            return
+        log.info("the last commit was not taken: polling the group and sending it again")
+        if not ctx.flow.paused:
+            ctx.flow.pause()
+        while not ctx.breaker.open and time.monotonic() < deadline:
+            ctx.health.beat()
+            ctx.intake.fetch(paused=True)  # the group's events: the rejoin, a revoke (which commits), results
+            ctx.producer.poll(RECOMMIT_EVERY_S)
+            if not self.tracker.to_commit(ctx.assigned):
+                log.info("nothing delivered is left uncommitted")  # taken, or its partitions revoked or lost
+                return
+            self._commit_delivered(ctx.assigned, wait=True)
 
     def _flush(self, budget_s: float) -> None:
         """Serve deliveries until every output is acknowledged, one failed, or the budget is spent."""
