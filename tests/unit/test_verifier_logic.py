@@ -14,6 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "runtime"))
 
+from harness import Planned, locate
 from verifier import Output, Report, Source, verify
 
 TOPIC = "in"
@@ -253,3 +254,17 @@ def test_render_shows_every_partition_and_the_totals() -> None:
     assert lines[0].split()[:5] == ["partition", "inputs", "scored", "dead_lettered", "lost"]
     assert lines[PARTITIONS + 1].split()[:5] == ["total", "15", "14", "0", "1"]
     assert "lost 0:10" in text
+
+
+# --- the harness's placement of records acknowledged without an offset ------------------------------------
+
+
+def test_records_acknowledged_without_an_offset_are_placed_by_key_and_value() -> None:
+    log = [(0, b"k1", b"v"), (1, b"k2", b"v"), (2, b"k1", b"v"), (3, b"k3", b"w")]
+    placed = {0: Source(b"k1", b"v", None)}  # offset 0 was acknowledged with its offset
+    twice = [Planned(b"k1", b"v", {"s": 1}), Planned(b"k3", b"w", None)]
+    found = locate(twice, log, placed)
+    assert sorted(found) == [2, 3]
+    assert found[2].expected == {"s": 1}
+    with pytest.raises(RuntimeError, match="not in the log"):
+        locate([Planned(b"k9", b"v", None)], log, placed)

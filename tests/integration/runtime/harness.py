@@ -26,7 +26,7 @@ from typing import Any
 
 import fastavro
 import numpy as np
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from verifier import Source
 
@@ -137,14 +137,19 @@ def produce(
         "message.max.bytes": 2_000_000,  # poison of about 1 MB, as a hostile producer would send
     })  # fmt: skip
     placed: dict[int, dict[int, Source]] = {}
+    unplaced: dict[int, list[Planned]] = {}  # acknowledged without an offset
     failures: list[str] = []
 
     def delivered(error: KafkaError | None, message: Message, record: Planned) -> None:
         if error is not None:
             failures.append(str(error))
             return
+        offset = message.offset()
+        if offset is None:  # DUPLICATE_SEQUENCE_NUMBER on a retry: written before, offset not reported
+            unplaced.setdefault(message.partition(), []).append(record)  # type: ignore[arg-type]
+            return
         source = Source(record.key, record.value, record.expected, record.poison)
-        placed.setdefault(message.partition(), {})[message.offset()] = source
+        placed.setdefault(message.partition(), {})[offset] = source
 
     chunk = 1000 if rate_per_s is None else max(1, min(1000, int(rate_per_s / 20)))  # ~20 sends a second
     started = time.monotonic()
@@ -168,7 +173,54 @@ def produce(
     remaining = producer.flush(60)
     if remaining or failures:
         raise RuntimeError(f"{topic}: {remaining} records undelivered, failures: {failures[:3]}")
+    for partition, records in unplaced.items():
+        log = read_partition(bootstrap_servers, topic, partition)
+        placed[partition] = {**placed.get(partition, {}), **locate(records, log, placed.get(partition, {}))}
     return placed
+
+
+def locate(
+    records: Sequence[Planned], log: Sequence[tuple[int, bytes | None, bytes]], placed: Mapping[int, Source]
+) -> dict[int, Source]:
+    """Where ``records``, acknowledged without an offset, landed: the offsets of ``log`` (offset, key,
+    value) not ``placed`` yet holding the same key and value, the first in offset order for each record.
+    librdkafka acknowledges a retried batch the broker reports as a duplicate (DUPLICATE_SEQUENCE_NUMBER:
+    written before, its answer lost) as delivered, with no offset."""
+    free: dict[tuple[bytes | None, bytes], list[int]] = {}
+    for offset, key, value in sorted(log):
+        if offset not in placed:
+            free.setdefault((key, value), []).append(offset)
+    found: dict[int, Source] = {}
+    for record in records:
+        offsets = free.get((record.key, record.value))
+        if not offsets:
+            raise RuntimeError(
+                f"a record acknowledged without an offset is not in the log: key {record.key!r}"
+            )
+        found[offsets.pop(0)] = Source(record.key, record.value, record.expected, record.poison)
+    return found
+
+
+def read_partition(
+    bootstrap_servers: str, topic: str, partition: int
+) -> list[tuple[int, bytes | None, bytes]]:
+    """Every (offset, key, value) of one partition, up to its high watermark."""
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "harness-reader",
+                         "enable.auto.commit": False, "enable.partition.eof": True})  # fmt: skip
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+        consumer.assign([TopicPartition(topic, partition, low)])
+        found: list[tuple[int, bytes | None, bytes]] = []
+        deadline = time.monotonic() + 120
+        while (not found or found[-1][0] < high - 1) and high > low:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{topic}[{partition}]: not read to {high} within 120 s")
+            for m in consumer.consume(1000, 0.5):
+                if m.error() is None:
+                    found.append((m.offset(), m.key(), m.value()))  # type: ignore[arg-type]
+        return found
+    finally:
+        consumer.close()
 
 
 class BackgroundProducer:
