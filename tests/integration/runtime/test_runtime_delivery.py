@@ -4,8 +4,8 @@
 * 5 SIGKILLs of a random replica while events arrive (each restarted): at-least-once loses nothing (its
   duplicates are counted and reported); exactly-once loses nothing and duplicates nothing (read_committed);
 * a rolling SIGTERM of every replica: nothing lost or duplicated, in both modes;
-* negative control: with ``unsafe_commit_on_receipt`` a SIGKILL must make the verifier see loss or duplicates,
-  or the verifier proves nothing.
+* negative control: with ``unsafe_commit_on_receipt`` 5 SIGKILLs must make the verifier see loss or
+  duplicates, or the verifier proves nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 from harness import BackgroundProducer, end_offsets, plan_events, produce
-from replicas import committed, wait_committed
+from replicas import wait_committed
 from scenario import Scenario
 
 PARTITIONS = 12
@@ -111,16 +111,22 @@ def test_rolling_sigterm_loses_and_duplicates_nothing(
 
 
 def test_negative_control_unsafe_commit_on_receipt_is_caught(scenario: Callable[..., Scenario]) -> None:
-    s = scenario(partitions=PARTITIONS, replicas=REPLICAS, settings={"unsafe_commit_on_receipt": True})
+    # Scores linger 1 s in librdkafka's queue while offsets are committed on receipt, so a kill of a replica
+    # that is consuming loses what it had committed and not yet sent. One kill 8 s in found nothing in 2 of
+    # 8 runs (lost 0, duplicated 0; one of them the CI of 2c83617, with the 5 ms default linger), though the
+    # replica killed owned 4 partitions; why is not known. The control kills as often as the SIGKILL test.
+    unsafe = {"unsafe_commit_on_receipt": True, "kafka": {"producer_extra": {"linger.ms": 1000}}}
+    s = scenario(partitions=PARTITIONS, replicas=REPLICAS, settings=unsafe)
     planned = plan_events(s.graph, CHAOS_EVENTS, seed=24, schema_id=s.schema_id)
     s.fleet.start()
     started = time.monotonic()
     background = BackgroundProducer(s.bootstrap_servers, s.input_topic, planned, rate_per_s=CHAOS_RATE)
-    time.sleep(2 * KILL_EVERY_S)
-    before = committed(s.admin, s.group_id, s.input_topic, s.partitions)
-    assert any(offset > 0 for offset in before.values()), f"nothing consumed yet\n{s.fleet.logs()}"
-    s.fleet.kill_random(random.Random(6))
+    rng = random.Random(6)
+    for _ in range(KILLS):
+        time.sleep(KILL_EVERY_S)
+        s.fleet.kill_random(rng)
     sources = background.result()
     finish(s, sources, started)
     report = s.verify(sources)
+    print(f"negative control: lost {report.lost}, duplicated {report.duplicated} after {KILLS} SIGKILLs")
     assert report.lost + report.duplicated > 0, "the verifier missed the unsafe commits:\n" + report.render()
