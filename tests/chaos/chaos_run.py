@@ -32,7 +32,15 @@ import pytest
 from cluster import Cluster
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from harness import BackgroundProducer, Planned, end_offsets, plan_events, register_schema
+from harness import (
+    BackgroundProducer,
+    Planned,
+    end_offsets,
+    plan_events,
+    read_partitions,
+    reconcile,
+    register_schema,
+)
 from replicas import Fleet, Replica, write_config
 from scenario import CarModels, worker_settings
 from verifier import Output, Report, ScoreDecoder, Source, Sources, describe, read_outputs, verify
@@ -381,11 +389,17 @@ class ChaosRun:
         return read_outputs(self.env.bootstrap, self.topics["scores"], "score", decode=self.decoder)
 
     def sources(self) -> Sources:
-        """Where every event produced so far landed (waits for every producer of the run to finish)."""
-        sources: dict[int, dict[int, Source]] = {}
+        """Every record the input partitions hold, with what the worker owes it (waits for every producer of
+        the run to finish): the delivery reports, checked against the log read back, whose copies of a record
+        written twice are inputs too (``harness.reconcile``)."""
+        reported: dict[int, dict[int, Source]] = {}
         for producer in self.producers:
             for partition, placed in producer.result(timeout_s=FINISH_TIMEOUT_S).items():
-                sources.setdefault(partition, {}).update(placed)
+                reported.setdefault(partition, {}).update(placed)
+        logs = read_partitions(self.env.bootstrap, self.topics["input"], range(self.partitions))
+        sources, copies = reconcile(reported, logs)
+        if copies:
+            self.notes.append(f"the input producer wrote {copies} records twice; each is an input to answer")
         return sources
 
     def finish(self, *, earlier: Sequence[Output] = (), verify_timeout_s: float = 180.0) -> RunResult:

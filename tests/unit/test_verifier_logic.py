@@ -7,6 +7,7 @@ and breaks it in one way. The verifier lives with the runtime tests (tests/integ
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "runtime"))
 
-from harness import Planned, locate
+from harness import Planned, locate, reconcile
 from verifier import Output, Report, Source, verify
 
 TOPIC = "in"
@@ -268,3 +269,42 @@ def test_records_acknowledged_without_an_offset_are_placed_by_key_and_value() ->
     assert found[2].expected == {"s": 1}
     with pytest.raises(RuntimeError, match="not in the log"):
         locate([Planned(b"k9", b"v", None)], log, placed)
+
+
+# --- the input log as ground truth -------------------------------------------------------------------------
+
+
+def logs_of(sources: dict[int, dict[int, Source]]) -> dict[int, list[tuple[int, bytes | None, bytes]]]:
+    return {p: [(o, s.key, s.value) for o, s in sorted(placed.items())] for p, placed in sources.items()}
+
+
+def test_a_record_the_producer_wrote_twice_is_an_input_the_worker_must_answer() -> None:
+    sources = make_sources()
+    logs = logs_of(sources)
+    logs[0].append((15, b"k0-11", b"v0-11"))  # 0@11 written twice; no delivery report named offset 15
+    truth, copies = reconcile(sources, logs)
+    assert copies == 1
+    assert truth[0][15] == sources[0][11]
+    scores, dead = perfect(sources)
+    answer = score(0, 11)
+    copy = replace(answer, headers={**answer.headers, "rtml.source.offset": b"15"})
+    only(run(sources, [*scores, copy], dead), unknown=1)  # judged by the reports alone: an unknown output
+    only(run(truth, [*scores, copy], dead))
+    only(run(truth, scores, dead), lost=1)  # the copy left unanswered is lost
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda log: log.pop(2), "missing from the log"),
+        (lambda log: log.append((15, b"k9", b"v9")), "no producer of the run sent"),
+        (lambda log: log.__setitem__(0, (10, b"k0-10", b"other")), "another record"),
+    ],
+    ids=["missing", "foreign", "changed"],
+)
+def test_a_log_that_disagrees_with_the_delivery_reports_fails_loudly(change: Any, message: str) -> None:
+    sources = make_sources()
+    logs = logs_of(sources)
+    change(logs[0])
+    with pytest.raises(RuntimeError, match=message):
+        reconcile(sources, logs)

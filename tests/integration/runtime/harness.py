@@ -28,7 +28,7 @@ import fastavro
 import numpy as np
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from verifier import Source
+from verifier import Source, Sources
 
 from examples.car_insurance.generate import generate
 from worker.graph import CompiledGraph
@@ -201,26 +201,75 @@ def locate(
     return found
 
 
-def read_partition(
-    bootstrap_servers: str, topic: str, partition: int
-) -> list[tuple[int, bytes | None, bytes]]:
+Record = tuple[int, bytes | None, bytes]  # (offset, key, value)
+Log = Sequence[Record]  # one partition's records, in offset order
+
+
+def read_partition(bootstrap_servers: str, topic: str, partition: int) -> list[Record]:
     """Every (offset, key, value) of one partition, up to its high watermark."""
+    return read_partitions(bootstrap_servers, topic, [partition])[partition]
+
+
+def read_partitions(
+    bootstrap_servers: str, topic: str, partitions: Sequence[int], *, timeout_s: float = 120.0
+) -> dict[int, list[Record]]:
+    """Every (offset, key, value) of each of ``partitions``, up to the high watermarks, with one consumer."""
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "harness-reader",
-                         "enable.auto.commit": False, "enable.partition.eof": True})  # fmt: skip
+                         "enable.auto.commit": False})  # fmt: skip
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
-        consumer.assign([TopicPartition(topic, partition, low)])
-        found: list[tuple[int, bytes | None, bytes]] = []
-        deadline = time.monotonic() + 120
-        while (not found or found[-1][0] < high - 1) and high > low:
+        found: dict[int, list[Record]] = {p: [] for p in partitions}
+        starts, highs = [], {}
+        for partition in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+            if high > low:
+                starts.append(TopicPartition(topic, partition, low))
+                highs[partition] = high
+        consumer.assign(starts)
+        deadline = time.monotonic() + timeout_s
+        while highs:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{topic}[{partition}]: not read to {high} within 120 s")
+                raise RuntimeError(f"{topic}: not read to the high watermarks {highs} within {timeout_s} s")
             for m in consumer.consume(1000, 0.5):
-                if m.error() is None:
-                    found.append((m.offset(), m.key(), m.value()))  # type: ignore[arg-type]
+                partition = m.partition()
+                if m.error() is None and partition in highs:
+                    found[partition].append((m.offset(), m.key(), m.value()))  # type: ignore[arg-type]
+                    if m.offset() >= highs[partition] - 1:  # type: ignore[operator]
+                        del highs[partition]
         return found
     finally:
         consumer.close()
+
+
+def reconcile(sources: Sources, logs: Mapping[int, Log]) -> tuple[dict[int, dict[int, Source]], int]:
+    """The input log as the verifier's ground truth, and how many of its records are second copies.
+
+    ``sources`` is what the delivery reports said; ``logs`` is what the partitions hold. A record at an
+    offset no report named, with the key and value of a produced one, is a copy the producer wrote twice: an
+    input like any other, which the worker must answer (during a leader bounce the 20-cycle chaos run saw
+    two scores for such offsets and counted them as unknown). Raises ``RuntimeError`` when an acknowledged
+    record is missing from its offset or differs there, or a record no producer sent is in the log.
+    """
+    truth: dict[int, dict[int, Source]] = {}
+    copies = 0
+    for partition in sorted(set(sources) | set(logs)):
+        placed = sources.get(partition, {})
+        by_content = {(source.key, source.value): source for source in placed.values()}
+        held: dict[int, Source] = {}
+        for offset, key, value in logs.get(partition, ()):
+            source = placed.get(offset)
+            if source is None:
+                source = by_content.get((key, value))
+                if source is None:
+                    raise RuntimeError(f"[{partition}]@{offset}: a record no producer of the run sent")
+                copies += 1
+            elif (source.key, source.value) != (key, value):
+                raise RuntimeError(f"[{partition}]@{offset}: holds another record than the one acknowledged")
+            held[offset] = source
+        missing = sorted(set(placed) - set(held))
+        if missing:
+            raise RuntimeError(f"[{partition}]: acknowledged records missing from the log at {missing[:5]}")
+        truth[partition] = held
+    return truth, copies
 
 
 class BackgroundProducer:
