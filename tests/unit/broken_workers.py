@@ -48,6 +48,30 @@ class ReportsOnLast(Worker):
         self.ctx.sink = _ReportOnLastSink(self.settings, self.producer, self.metrics, self.pipeline.graph)
 
 
+class _TrustingSink(Sink):
+    """A report with no error counts as delivered whatever its offset: librdkafka's implicit ack of a batch
+    a recreated topic never wrote is taken at its word (the code before the fix)."""
+
+    def resume(self, backlog: Backlog) -> Backlog | None:
+        in_flight = backlog.in_flight
+        if in_flight is not None and "on_delivery" not in vars(in_flight):
+            counted = in_flight.on_delivery
+
+            def trusting(error: Any, message: Message) -> None:
+                if error is None and message.offset() is None:
+                    message = Message(topic=message.topic(), partition=message.partition(), offset=0)
+                counted(error, message)
+
+            in_flight.on_delivery = trusting  # type: ignore[method-assign]
+        return super().resume(backlog)
+
+
+class TrustsImplicitAcks(Worker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ctx.sink = _TrustingSink(self.settings, self.producer, self.metrics, self.pipeline.graph)
+
+
 class _SpinningSink(Sink):
     """Serves delivery reports in a loop until the full queue has room, never returning to the loop."""
 

@@ -100,6 +100,23 @@ def test_the_commit_never_passes_an_output_that_failed(tmp_path: Path, worker_ty
     assert not answered_then, f"committed past what was answered: {answered_then[:3]}"
 
 
+@controls(broken.TrustsImplicitAcks)
+@pytest.mark.parametrize("mode", ["at-least-once", "exactly-once"])
+def test_an_output_reported_delivered_without_an_offset_is_produced_again(
+    tmp_path: Path, worker_type: type[Worker], mode: str
+) -> None:
+    """librdkafka reports a batch a recreated topic refused as delivered, with no offset, once the next
+    batch is taken (an implicit ack): it was never written, so it must be produced again, not committed."""
+    world = World(tmp_path, partitions=1, delivery=mode)
+    with running(world, worker_type):
+        world.broker.ack_unwritten("scores", count=3)
+        ids = world.produce(100)
+        wait_until(lambda: world.committed().get(0) == 100, "the commit to reach the end")
+        wait_until(lambda: set(ids) <= set(world.answered()), "every event to be answered")
+    assert world.exit_code == 0
+    assert max(world.answered().values()) <= (2 if mode == "at-least-once" else 1)
+
+
 @controls(broken.NeverIsolates)
 def test_a_score_the_broker_rejects_is_dead_lettered_with_its_reason(
     tmp_path: Path, worker_type: type[Worker]

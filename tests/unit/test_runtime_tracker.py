@@ -11,7 +11,7 @@ from confluent_kafka import KafkaError, Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.runtime.tracker import CommitTracker, InFlight, TopicPartition
+from worker.runtime.tracker import IMPLICIT_ACK, CommitTracker, InFlight, TopicPartition
 
 A0: TopicPartition = ("in", 0)
 A1: TopicPartition = ("in", 1)
@@ -24,7 +24,8 @@ ALL = [A0, A1, ("side", 0), ("in", 2)]
 
 def ack(batch: InFlight, n: int = 1, error: KafkaError | None = None) -> None:
     for _ in range(n):
-        batch.on_delivery(error, Message(topic="out", partition=0, key=b"k", value=b"v"))
+        offset = 0 if error is None else -1001  # librdkafka's RD_KAFKA_OFFSET_INVALID with an error
+        batch.on_delivery(error, Message(topic="out", partition=0, offset=offset, key=b"k", value=b"v"))
 
 
 def tracked(
@@ -44,6 +45,20 @@ def advance(tracker: CommitTracker) -> dict[TopicPartition, int]:
     for tp, offset in points.items():
         tracker.confirm(tp, offset)
     return points
+
+
+def test_a_report_without_error_or_offset_is_a_failure_and_rewinds() -> None:
+    """librdkafka's implicit ack of a batch a recreated topic never wrote: no error, no offset."""
+    tracker = CommitTracker()
+    batch = tracked(tracker, {A0: 10}, outputs=2, first_offsets={A0: 5})
+    ack(batch)
+    batch.on_delivery(None, Message(topic="out", partition=0, offset=-1001, key=b"k", value=b"v"))
+    assert batch.done
+    assert tracker.failing()
+    assert [f.error for f in tracker.failures()] == [IMPLICIT_ACK]
+    assert tracker.failures()[0].key == b"k"
+    assert advance(tracker) == {}  # never committed past
+    assert tracker.rewind()[0] == {A0: 5}
 
 
 def test_a_completed_batch_moves_its_partitions_and_leaves_the_tracker() -> None:

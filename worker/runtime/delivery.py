@@ -23,7 +23,8 @@ When an output fails (``worker.runtime.faults``), the loop rewinds instead of co
      duplicates of at-least-once, bounded by what was in flight);
   4. a record the broker refused (too large, invalid) becomes a suspect: on the replay it is produced alone,
      awaited, and if refused again dead-lettered with the broker's reason (``worker.runtime.suspects``);
-  5. any other failure is the broker side's: the partitions resume after a backoff (0.5 s doubling to 30 s),
+  5. any other failure is the broker side's (an output reported delivered with no offset among them:
+     ``tracker.IMPLICIT_ACK``): the partitions resume after a backoff (0.5 s doubling to 30 s),
      not ready meanwhile.
 On a revoke, in-flight outputs are flushed within ``revoke_budget_ms`` and what is delivered is committed;
 nothing is committed once the breaker is open or the worker failed. On SIGTERM, the same within

@@ -6,7 +6,7 @@ rewind to), the count of outputs (scores and dead-letter records) the broker has
 outputs that failed. Every output carries the delivery callback, so every output's fate counts: a partition's
 commit point never passes a batch that has an unacknowledged or failed output, so a crash can only replay,
 never skip. Counting is per output with no per-output state; what failed is identified only when something
-fails (``InFlight.failures``).
+fails (``InFlight.failures``). A report with no error and no offset is a failure too (``IMPLICIT_ACK``).
 
 Not thread-safe: delivery callbacks run inside ``Producer.poll``/``flush`` on the loop's thread.
 """
@@ -21,6 +21,17 @@ from typing import Any
 from confluent_kafka import KafkaError, Message
 
 TopicPartition = tuple[str, int]
+
+# librdkafka's idempotent producer reports a batch delivered, with no offset, when a later batch of its
+# partition is acknowledged first ("implicitly acked", rd_kafka_dr_implicit_ack): it assumes the earlier
+# request was written and only its response lost. A partition with no producer state (a topic deleted and
+# created again) takes the later batch after refusing the earlier one (NOT_LEADER), so that batch was never
+# written. Every successful acks=all write has an offset, so no offset means unknown: produced again.
+IMPLICIT_ACK = KafkaError(
+    KafkaError._INCONSISTENT,
+    "reported delivered with no offset (implicitly acknowledged by a later batch): produced again",
+    retriable=True,
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,8 @@ class InFlight:
 
     def on_delivery(self, error: KafkaError | None, message: Message) -> None:
         """Producer delivery callback: once per output."""
+        if error is None and message.offset() is None:
+            error = IMPLICIT_ACK
         if error is not None:
             self.failures.append(Failure(error, message.topic() or "", message.key(), message.value()))
         self.outstanding -= 1

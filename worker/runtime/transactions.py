@@ -10,7 +10,8 @@ One segment, in order:
   1. the breaker's counts of its partitions are kept (``snapshot``), then it is admitted;
   2. begin, hand every output to librdkafka and serve its reports until it holds none (beating the
      heartbeat; not ready after ``OUTPUT_STALL_S``), ``send_offsets_to_transaction`` with its commit points,
-     commit (the last two again after a retriable error, such as a timeout);
+     commit (the last two again after a retriable error, such as a timeout); an output reported delivered
+     with no offset (``IMPLICIT_ACK``: never written, and librdkafka would commit without it) aborts as in 4;
   3. an isolated suspect refused again as a record: abort, replace its output (``replace_refused``), and
      commit the replacement in a transaction of its own;
   4. any other abortable error: abort, take the segment back from the breaker (``restore``), note the records
@@ -46,7 +47,7 @@ from worker.runtime.metrics import RenewalKind
 from worker.runtime.pipeline import Meta, Processed
 from worker.runtime.sink import Backlog, Outputs
 from worker.runtime.suspects import replace_refused
-from worker.runtime.tracker import InFlight
+from worker.runtime.tracker import IMPLICIT_ACK, InFlight
 from worker.runtime.watchdog import Stuck, Watchdog
 
 log = logging.getLogger("worker.runtime")
@@ -121,6 +122,8 @@ class Transactions(DeliveryMode):
         budget_s = ctx.settings.transaction_timeout_ms / 1000
         ctx.push(backlog, budget_s, transactional=True)
         ctx.await_acks(budget_s)  # the loop beats meanwhile; commit_transaction would block blind
+        if any(f.error is IMPLICIT_ACK for f in in_flight.failures):  # librdkafka would commit without them
+            raise KafkaException(KafkaError(IMPLICIT_ACK.code(), IMPLICIT_ACK.str(), txn_requires_abort=True))
         offsets = [TopicPartition(t, p, o) for (t, p), o in meta.commit_points.items()]
         # librdkafka caps the call at the transaction's budget (then a retriable timeout, and an abort), and
         # past it the coordinator aborts the transaction anyway: a call blocked longer than that is stuck.

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 TP = tuple[str, int]
 Headers = list[tuple[str, bytes]]
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_588  # the broker's max.message.bytes default
+# A delivery "fault" that is a success report with no offset, the message never written: librdkafka's
+# implicit ack of a batch a partition with no producer state refused (``worker.runtime.tracker``).
+UNWRITTEN_ACK = KafkaError(KafkaError.NO_ERROR, "implicitly acknowledged, never written")
 
 
 @dataclass
@@ -308,6 +311,11 @@ class InMemoryBroker:
                 fault.count -= 1
                 return fault.error
         return None
+
+    def ack_unwritten(self, topic: str, *, count: int = 1, partition: int | None = None) -> None:
+        """The next ``count`` deliveries to ``topic`` are reported delivered with no offset and not written,
+        as librdkafka reports a batch implicitly acknowledged by a later one that a recreated topic took."""
+        self.fail_deliveries(topic, UNWRITTEN_ACK, count=count, partition=partition)
 
     def fail_commit(self, error: KafkaError) -> None:
         """The next ``commit_transaction`` fails with ``error`` (made abortable, as a broker error is)."""

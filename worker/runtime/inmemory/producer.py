@@ -5,8 +5,9 @@
 ``BufferError``. Messages are written to the log, and their delivery reports run, in ``poll`` and ``flush``,
 per partition in produce order. A delivery fails with an injected fault, with MSG_SIZE_TOO_LARGE above the
 topic's ``max.message.bytes``, or with UNKNOWN_TOPIC_OR_PART for a missing topic; a failed message does not
-stop the ones after it (a gap, as without ``enable.gapless.guarantee``). Deliveries to held topics stay in
-flight until released, purged or expired.
+stop the ones after it (a gap, as without ``enable.gapless.guarantee``). After
+``InMemoryBroker.ack_unwritten`` one is reported delivered with no offset and not written. Deliveries to held
+topics stay in flight until released, purged or expired.
 
 With ``transactional.id``: ``init_transactions`` fences every older producer of that id (their next call
 raises a fatal ``_FENCED``, and their open transaction is aborted), as does a transaction the broker times
@@ -28,7 +29,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from worker.runtime.clients import OnDelivery
-from worker.runtime.inmemory.broker import InMemoryBroker, Record, Transaction
+from worker.runtime.inmemory.broker import UNWRITTEN_ACK, InMemoryBroker, Record, Transaction
 from worker.runtime.inmemory.consumer import GroupMetadata
 
 
@@ -132,7 +133,9 @@ class InMemoryProducer:
             error = broker.delivery_fault(out.topic, out.partition, out.key)
             if error is None and _size(out.key, out.value, out.headers) > broker.max_message_bytes[out.topic]:
                 error = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large")
-        if error is None:
+        if error is UNWRITTEN_ACK:
+            error = None  # reported delivered, with no offset, and not written
+        elif error is None:
             record = Record(out.key, out.value, out.headers, broker.tick(), out.txn)
             offset = broker.append(out.topic, out.partition, record)
         elif out.txn is not None and self.txn_failed is None:
