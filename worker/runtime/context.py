@@ -56,7 +56,7 @@ class Context:
     intake: Intake
     suspects: Suspects
     assigned: set[TP]
-    renew_producer: Callable[[], ProducerClient]  # a new producer in place of ``producer`` (exactly-once)
+    renew_producer: Callable[[], ProducerClient]  # a new producer in place of ``producer``
     failed: bool = False  # after a fatal error nothing more is committed, not even on close
 
     def admit(self, meta: Meta, result: Processed) -> bool:

@@ -23,8 +23,11 @@ When an output fails (``worker.runtime.faults``), the loop rewinds instead of co
      duplicates of at-least-once, bounded by what was in flight);
   4. a record the broker refused (too large, invalid) becomes a suspect: on the replay it is produced alone,
      awaited, and if refused again dead-lettered with the broker's reason (``worker.runtime.suspects``);
-  5. any other failure is the broker side's (an output reported delivered with no offset among them:
-     ``tracker.IMPLICIT_ACK``): the partitions resume after a backoff (0.5 s doubling to 30 s),
+  5. an output reported delivered with no offset (``tracker.IMPLICIT_ACK``) also purges what is in flight,
+     and once every report is in, a new producer takes over before the seek: the old one's sequence
+     numbers no longer match the broker's (a chaos run without this saw it go fatal with
+     OUT_OF_ORDER_SEQUENCE_NUMBER); then as 6;
+  6. any other failure is the broker side's: the partitions resume after a backoff (0.5 s doubling to 30 s),
      not ready meanwhile.
 On a revoke, in-flight outputs are flushed within ``revoke_budget_ms`` and what is delivered is committed;
 nothing is committed once the breaker is open or the worker failed. On SIGTERM, the same within
@@ -45,7 +48,7 @@ from worker.runtime.intake import TP
 from worker.runtime.pipeline import Meta, Processed
 from worker.runtime.sink import Backlog, Outputs
 from worker.runtime.suspects import coordinates, replace_refused
-from worker.runtime.tracker import CommitTracker, Failure, InFlight
+from worker.runtime.tracker import IMPLICIT_ACK, CommitTracker, Failure, InFlight
 
 log = logging.getLogger("worker.runtime")
 AWAIT_S = 30.0  # an isolated record's outputs must be acknowledged within this
@@ -61,6 +64,7 @@ class AtLeastOnce(DeliveryMode):
         self.backlog: Backlog | None = None  # the current batch's outputs librdkafka's queue had no room for
         self._rewind_extra: dict[TP, int] = {}  # first offsets of what was consumed and dropped unproduced
         self._delivered_at_rewind: int | None = None
+        self._renew_after_rewind = False  # an implicit ack: the producer is replaced before the seek
         self._last_commit = time.monotonic()
 
     def pump(self) -> None:
@@ -148,7 +152,9 @@ class AtLeastOnce(DeliveryMode):
 
     def _start_rewind(self) -> None:
         self.rewinding = True
-        self.ctx.producer.purge(in_queue=True, in_flight=False)
+        self._renew_after_rewind = any(f.error is IMPLICIT_ACK for f in self.tracker.failures())
+        # In flight too after an implicit ack: the producer is given up, what it holds is sent again.
+        self.ctx.producer.purge(in_queue=True, in_flight=self._renew_after_rewind)
         self.backlog = None  # its batch is tracked: it is rewound with the others
         merge_min(self._rewind_extra, self.ctx.intake.drop())
         failure = self.tracker.failures()[0]
@@ -167,6 +173,9 @@ class AtLeastOnce(DeliveryMode):
         merge_min(points, self._rewind_extra)
         self._rewind_extra = {}
         self.settle(force=True)
+        if self._renew_after_rewind:
+            self._renew_after_rewind = False
+            self._renew_producer()
         ctx.seek(points)
         ctx.sink.forget_output_partitions()  # the topic may have been re-created
         delay = self.retry.next() if len(failed) > refused else 0.0
@@ -176,6 +185,14 @@ class AtLeastOnce(DeliveryMode):
         self.rewinding = False
         self._delivered_at_rewind = self.tracker.delivered
         self.resume_at = time.monotonic() + delay
+
+    def _renew_producer(self) -> None:
+        """Give the producer up for a new one (see 5. in the module docstring). Every output it held has
+        its report, so nothing is lost with it."""
+        log.warning("an output was implicitly acknowledged: a new producer takes over",
+                    extra={"cause": "implicit_ack"})  # fmt: skip
+        self.ctx.metrics.producer_renewed("implicit_ack")
+        self.ctx.renew_producer()
 
     def _commit_delivered(self, partitions: Iterable[TP], *, wait: bool) -> None:
         points = self.tracker.to_commit(partitions)

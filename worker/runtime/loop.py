@@ -292,7 +292,7 @@ class Worker:
         return self._clients.producer({**self.settings.producer_config(), "error_cb": on_error})
 
     def _renew_producer(self) -> ProducerClient:
-        """Exactly-once gave its producer up: a new one takes its place, its fatal error forgotten."""
+        """The delivery mode gave its producer up: a new one takes its place, its fatal error forgotten."""
         producer = self._new_producer()
         self.ctx.producer = self.ctx.sink.producer = producer
         self._producer_fatal = None

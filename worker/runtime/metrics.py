@@ -25,9 +25,10 @@ Series (every name starts with ``rtml_``; counters end in ``_total``):
                                             "broker" (anything else: timeouts, missing topic, authorisation)
     rtml_rewinds_total                      at-least-once: failed outputs made the loop rewind its input
     rtml_transaction_aborts_total           exactly-once: transactions aborted (and their batch rewound)
-    rtml_producer_renewals_total{cause}     exactly-once: producers replaced: "timed_out" (the coordinator
-                                            aborted a transaction open past its timeout), "stuck" (a
-                                            librdkafka call outlived its deadline), "abort_failed"
+    rtml_producer_renewals_total{cause}     producers replaced: "timed_out" (the coordinator aborted a
+                                            transaction open past its timeout), "stuck" (a librdkafka
+                                            call outlived its deadline), "abort_failed" (exactly-once),
+                                            "implicit_ack" (see worker.runtime.delivery)
 """
 
 from __future__ import annotations
@@ -68,9 +69,10 @@ MetricName = Literal[
 METRIC_NAMES: Final[tuple[MetricName, ...]] = get_args(MetricName)
 RebalanceKind = Literal["assign", "revoke", "lost"]
 FailureKind = Literal["record", "broker"]
-# Why exactly-once replaced its producer: the coordinator aborted a transaction open past its timeout, a
-# librdkafka call outlived its deadline, or an abort failed (see worker.runtime.transactions).
-RenewalKind = Literal["timed_out", "stuck", "abort_failed"]
+# Why the producer was replaced. Exactly-once: the coordinator aborted a transaction open past its timeout,
+# a librdkafka call outlived its deadline, or an abort failed (see worker.runtime.transactions). Either
+# mode: an output was implicitly acknowledged (see worker.runtime.delivery).
+RenewalKind = Literal["timed_out", "stuck", "abort_failed", "implicit_ack"]
 
 # Upper bounds ("le") of the histogram buckets; +Inf is added by the histogram.
 BATCH_SIZE_BUCKETS: Final = (

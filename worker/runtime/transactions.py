@@ -11,7 +11,7 @@ One segment, in order:
   2. begin, hand every output to librdkafka and serve its reports until it holds none (beating the
      heartbeat; not ready after ``OUTPUT_STALL_S``), ``send_offsets_to_transaction`` with its commit points,
      commit (the last two again after a retriable error, such as a timeout); an output reported delivered
-     with no offset (``IMPLICIT_ACK``: never written, and librdkafka would commit without it) aborts as in 4;
+     with no offset (``IMPLICIT_ACK``: never written, and librdkafka would commit without it) is 5.;
   3. an isolated suspect refused again as a record: abort, replace its output (``replace_refused``), and
      commit the replacement in a transaction of its own;
   4. any other abortable error: abort, take the segment back from the breaker (``restore``), note the records
@@ -19,8 +19,10 @@ One segment, in order:
      the same batch abort forever), seek the segment's partitions and the pending messages back to their
      first offsets, and back off (0.5 s doubling to 30 s; the first abort without a refused record, such as a
      rebalance moving the group on, is retried at once); three aborts in a row: not ready;
-  5. a fatal error of a transaction open longer than ``transaction_timeout_ms`` (the coordinator aborted it
-     and bumped the producer's epoch: a replica stopped or starved that long, or cut off from the brokers),
+  5. an implicit ack (the producer's sequence numbers no longer match the broker's, see
+     ``worker.runtime.delivery``), a fatal error of a transaction open longer than ``transaction_timeout_ms``
+     (the coordinator aborted it and bumped the producer's epoch: a replica stopped or starved that long, or
+     cut off from the brokers),
      a ``send_offsets_to_transaction`` still blocked at the transaction's deadline (librdkafka #5456, #5511,
      see ``worker.runtime.watchdog``), or an abort that fails: the producer is given up and a new one with
      the same transactional id takes over (its ``init_transactions`` fences the old one and aborts what it
@@ -98,6 +100,9 @@ class Transactions(DeliveryMode):
         except Stuck as exc:
             self._renew("stuck", str(exc), meta, taken, usable=False)
             return False
+        except ImplicitAck as exc:
+            self._renew("implicit_ack", str(exc), meta, taken, usable=True)
+            return False
         if isolated:
             ctx.suspects.remove(segment[0])
         if self.retry.failing:
@@ -123,7 +128,7 @@ class Transactions(DeliveryMode):
         ctx.push(backlog, budget_s, transactional=True)
         ctx.await_acks(budget_s)  # the loop beats meanwhile; commit_transaction would block blind
         if any(f.error is IMPLICIT_ACK for f in in_flight.failures):  # librdkafka would commit without them
-            raise KafkaException(KafkaError(IMPLICIT_ACK.code(), IMPLICIT_ACK.str(), txn_requires_abort=True))
+            raise ImplicitAck(faults.describe(IMPLICIT_ACK))
         offsets = [TopicPartition(t, p, o) for (t, p), o in meta.commit_points.items()]
         # librdkafka caps the call at the transaction's budget (then a retriable timeout, and an abort), and
         # past it the coordinator aborts the transaction anyway: a call blocked longer than that is stuck.
@@ -239,6 +244,10 @@ class Transactions(DeliveryMode):
         merge_min(points, self.ctx.intake.drop())
         self.ctx.seek(points)
         self.resume_at = time.monotonic() + delay
+
+
+class ImplicitAck(Exception):
+    """An output of the transaction was reported delivered with no offset: it was never written."""
 
 
 def _member_metadata(consumer: ConsumerClient) -> Any:
