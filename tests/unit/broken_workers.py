@@ -48,6 +48,25 @@ class ReportsOnLast(Worker):
         self.ctx.sink = _ReportOnLastSink(self.settings, self.producer, self.metrics, self.pipeline.graph)
 
 
+class _AnyAcknowledgement(AtLeastOnce):
+    """The stall watch restarts whenever any output is acknowledged (the code before the fix): dead letters
+    going out hide scores that wait for good."""
+
+    _count, _since = 0, 0.0
+
+    def waiting_since(self) -> float | None:
+        count = self.tracker.outstanding
+        if count < self._count or count == 0:
+            self._since = time.monotonic()
+        self._count = count
+        return self._since if count else None
+
+
+class WatchesAnyAcknowledgement(Worker):
+    def _delivery_mode(self) -> DeliveryMode:
+        return _AnyAcknowledgement(self.ctx)
+
+
 class _TrustingSink(Sink):
     """A report with no error counts as delivered whatever its offset: librdkafka's implicit ack of a batch
     a recreated topic never wrote is taken at its word (the code before the fix)."""

@@ -50,13 +50,13 @@ def test_a_resume_librdkafka_skipped_is_issued_again(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(flow, "RESUME_AGAIN_S", 0.05)
     consumer = SkippingConsumer(skip={("in", 1)})
     subject = make(consumer, {("in", 0), ("in", 1)})
-    subject.update(0, holding=True, rewinding=False)
+    subject.update(0, holding=True, rewinding=False, waiting_since=None)
     assert consumer.paused == {("in", 0), ("in", 1)}
-    subject.update(0, holding=False, rewinding=False)
+    subject.update(0, holding=False, rewinding=False, waiting_since=None)
     assert consumer.paused == {("in", 1)}, "the model skips the first resume of partition 1"
     deadline = time.monotonic() + 2
     while consumer.paused and time.monotonic() < deadline:
-        subject.update(0, holding=False, rewinding=False)
+        subject.update(0, holding=False, rewinding=False, waiting_since=None)
         time.sleep(0.01)
     assert consumer.paused == set(), "partition 1 stayed paused: the skipped resume was never repeated"
 
@@ -65,14 +65,14 @@ def test_partitions_assigned_while_paused_are_paused_after_the_callback() -> Non
     consumer = SkippingConsumer(skip=set())
     assigned = {("in", 0)}
     subject = make(consumer, assigned)
-    subject.update(0, holding=True, rewinding=False)
+    subject.update(0, holding=True, rewinding=False, waiting_since=None)
     # the rebalance callback: the loop's set grows and the flow is told, nothing is paused yet
     assigned.add(("in", 1))
     subject.added([TopicPartition("in", 1)])
     assert ("in", 1) not in consumer.paused, "paused inside the callback, before the assignment applies"
-    subject.update(0, holding=True, rewinding=False)
+    subject.update(0, holding=True, rewinding=False, waiting_since=None)
     assert ("in", 1) in consumer.paused
-    subject.update(0, holding=False, rewinding=False)
+    subject.update(0, holding=False, rewinding=False, waiting_since=None)
     assert consumer.paused == set()
 
 
@@ -80,8 +80,8 @@ def test_partitions_assigned_while_running_are_left_alone() -> None:
     consumer = SkippingConsumer(skip=set())
     assigned = {("in", 0)}
     subject = make(consumer, assigned)
-    subject.update(0, holding=False, rewinding=False)
+    subject.update(0, holding=False, rewinding=False, waiting_since=None)
     assigned.add(("in", 1))
     subject.added([TopicPartition("in", 1)])
-    subject.update(0, holding=False, rewinding=False)
+    subject.update(0, holding=False, rewinding=False, waiting_since=None)
     assert not any(kind == "pause" for kind, _ in consumer.calls)

@@ -23,7 +23,7 @@ import pytest
 from confluent_kafka import KafkaError, TopicPartition
 from loop_world import FlakyRegistry, World, kafka_error, running, wait_until
 
-from worker.runtime import delivery
+from worker.runtime import delivery, flow
 from worker.runtime.inmemory import InMemoryConsumer
 from worker.runtime.loop import Worker
 
@@ -98,6 +98,32 @@ def test_the_commit_never_passes_an_output_that_failed(tmp_path: Path, worker_ty
         wait_until(lambda: len(world.answered()) == 50, "every event answered after the timeout")
     answered_then = [(c, a) for c, a in samples if c > a]
     assert not answered_then, f"committed past what was answered: {answered_then[:3]}"
+
+
+@controls(broken.WatchesAnyAcknowledgement)
+def test_scores_stuck_while_dead_letters_go_out_make_the_worker_not_ready(
+    tmp_path: Path, worker_type: type[Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The score topic takes nothing (a deleted topic librdkafka waits for), the dead-letter topic takes
+    each bad record: acknowledgements keep coming, but the oldest outputs wait, so the worker is not ready."""
+    monkeypatch.setattr(flow, "OUTPUT_STALL_S", 1.0)
+    world = World(tmp_path, partitions=1)
+    with running(world, worker_type):
+        world.broker.hold("scores")
+        world.produce(5)
+        dead = 0
+        for _ in range(12):  # a dead letter acknowledged every 0.25 s, for 3 s, each a while after it went
+            world.broker.hold("dlq")
+            world.produce(1, bad=lambda _i: True)
+            time.sleep(0.125)
+            world.broker.release("dlq")
+            time.sleep(0.125)
+            dead = len(world.dead_letters())
+        ready, reason = world.health.readiness()
+        assert dead >= 10 and not ready and "waiting on the broker" in reason, (dead, reason)
+        world.broker.release("scores")
+        wait_until(lambda: world.health.readiness()[0], "ready again once the scores go out")
+    assert world.exit_code == 0
 
 
 @controls(broken.TrustsImplicitAcks)

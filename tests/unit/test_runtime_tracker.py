@@ -276,3 +276,14 @@ def test_a_point_is_offered_until_the_broker_confirms_it() -> None:
     assert tracker.to_commit({("t", 0)}) == {}  # partitions not asked for are left alone
     tracker.forget({("t", 1)})
     assert tracker.to_commit({("t", 0), ("t", 1)}) == {}
+
+
+def test_waiting_since_is_when_the_oldest_batch_still_awaiting_acks_was_produced() -> None:
+    tracker = CommitTracker()
+    assert tracker.waiting_since() is None
+    first = tracked(tracker, {A0: 10}, outputs=2)
+    second = tracked(tracker, {A1: 4}, outputs=1)
+    ack(second)  # a later batch done (a dead letter going out) does not make the first younger
+    assert tracker.waiting_since() == first.since
+    ack(first, 2)
+    assert tracker.waiting_since() is None

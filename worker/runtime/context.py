@@ -156,6 +156,11 @@ class DeliveryMode:
         """Outputs handed to librdkafka and not yet acknowledged."""
         raise NotImplementedError
 
+    def waiting_since(self) -> float | None:
+        """When the oldest outputs still unacknowledged were handed over (the stall watch's clock); None when
+        none are. Exactly-once awaits its outputs inside ``deliver``, and watches them there."""
+        return None
+
     def confirm(self, partitions: list[TopicPartition] | None) -> None:
         """The broker took these commits (the consumer's commit results)."""
 

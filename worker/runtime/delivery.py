@@ -77,6 +77,9 @@ class AtLeastOnce(DeliveryMode):
     def outstanding(self) -> int:
         return self.tracker.outstanding
 
+    def waiting_since(self) -> float | None:
+        return self.tracker.waiting_since()
+
     def deliver(self, segment: list[Message], meta: Meta, result: Processed, isolated: bool) -> bool:
         """Admit the segment to the breaker and produce it; False when nothing more of the batch may go."""
         ctx = self.ctx

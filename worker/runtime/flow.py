@@ -12,8 +12,10 @@ and beats the health heartbeat, so ``max.poll.interval.ms`` and ``/healthz`` nev
 Per turn, in order:
   1. backpressure: above ``batch.max_in_flight`` outputs unacknowledged, the partitions are held until half
      of them are acknowledged;
-  2. the stall watch: outputs in flight and none acknowledged for ``OUTPUT_STALL_S``: not ready (a rewind
-     reports its own reason instead), ready again once one is acknowledged;
+  2. the stall watch: the oldest outputs in flight waiting ``OUTPUT_STALL_S``: not ready (a rewind reports
+     its own reason instead), ready again once they are acknowledged. The age of the oldest, not the time
+     since any acknowledgement: dead letters going out must not hide scores that do not (a deleted score
+     topic, whose outputs librdkafka holds up to ``topic.metadata.propagation.max.ms``);
   3. paused while the loop holds (waiting on something) or over the limit, resumed otherwise; partitions
      assigned while paused are paused here, outside the rebalance callback (``added``).
 
@@ -35,7 +37,7 @@ from worker.runtime.health import Health
 from worker.runtime.intake import TP
 from worker.runtime.metrics import Metrics
 
-OUTPUT_STALL_S = 10.0  # outputs in flight and none acknowledged this long: not ready
+OUTPUT_STALL_S = 10.0  # the oldest outputs in flight waiting this long: not ready
 RESUME_AGAIN_S = 1.0  # while not paused, every assigned partition is resumed again this often
 
 
@@ -57,16 +59,17 @@ class Flow:
         self.max_in_flight = max_in_flight
         self.paused = False
         self._over_limit = False
-        self._outstanding = (0, time.monotonic())  # (outputs in flight, when that count last went down)
+        self._stalled = False  # the stall watch made the worker not ready
         self._resumed_at = time.monotonic()
         self._added: list[TopicPartition] = []  # assigned while paused, to pause at the next update
 
-    def update(self, outstanding: int, holding: bool, rewinding: bool) -> None:
+    def update(self, outstanding: int, holding: bool, rewinding: bool, waiting_since: float | None) -> None:
         """Pause or resume the partitions: held while waiting on something (``holding``), and above
-        ``batch.max_in_flight`` unacknowledged outputs until half of them are acknowledged."""
+        ``batch.max_in_flight`` unacknowledged outputs until half of them are acknowledged. ``waiting_since``:
+        when the oldest outputs in flight were handed over (``DeliveryMode.waiting_since``)."""
         limit = self.max_in_flight
         self._over_limit = outstanding > limit or (self._over_limit and outstanding > limit // 2)
-        self._watch_outputs(outstanding, rewinding)
+        self._watch_outputs(outstanding, rewinding, waiting_since)
         wanted = holding or self._over_limit
         if wanted and not self.paused:
             self.pause()
@@ -96,17 +99,18 @@ class Flow:
         self.metrics.set_paused(0)
         self._resumed_at = time.monotonic()
 
-    def _watch_outputs(self, outstanding: int, rewinding: bool) -> None:
-        """Not ready while outputs are in flight and none was acknowledged for ``OUTPUT_STALL_S``."""
-        count, since = self._outstanding
-        now = time.monotonic()
-        if outstanding < count or outstanding == 0:
-            if count and now - since >= OUTPUT_STALL_S and not rewinding:
-                self.health.set_outputs_down(None)
-            self._outstanding = (outstanding, now)
-        elif outstanding > count:
-            self._outstanding = (outstanding, since)
-        elif now - since >= OUTPUT_STALL_S and not rewinding:
+    def _watch_outputs(self, outstanding: int, rewinding: bool, waiting_since: float | None) -> None:
+        """Not ready while the oldest outputs in flight have waited ``OUTPUT_STALL_S``; a rewind's own
+        reason, once it starts, is the rewind's to clear."""
+        if rewinding:
+            self._stalled = False
+            return
+        waited = 0.0 if waiting_since is None else time.monotonic() - waiting_since
+        if waited >= OUTPUT_STALL_S:
+            self._stalled = True
             self.health.set_outputs_down(
-                f"{outstanding} outputs waiting on the broker for {now - since:.0f} s"
+                f"{outstanding} outputs waiting on the broker, the oldest {waited:.0f} s"
             )
+        elif self._stalled:
+            self._stalled = False
+            self.health.set_outputs_down(None)

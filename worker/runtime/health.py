@@ -78,7 +78,7 @@ class Health:
             self._dependency = reason
 
     def set_outputs_down(self, reason: str | None) -> None:
-        """Outputs cannot be delivered (``reason``: the broker's error, or how long none was acknowledged),
+        """Outputs cannot be delivered (``reason``: the broker's error, or how long the oldest have waited),
         or they go out again with None. Liveness is unaffected: the loop turns and waits in order."""
         with self._lock:
             self._outputs = reason

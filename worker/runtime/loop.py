@@ -198,7 +198,9 @@ class Worker:
             time.sleep(0.0005)  # waiting for the batch to fill: let librdkafka's threads fetch
         self.producer.poll(WAIT_S if self.flow.paused else 0)
         delivery.settle()
-        self.flow.update(delivery.outstanding(), self._holding(), delivery.rewinding)
+        self.flow.update(
+            delivery.outstanding(), self._holding(), delivery.rewinding, delivery.waiting_since()
+        )
         if now - self._last_lag >= LAG_EVERY_S:
             self._report_lag(now)
 

@@ -13,6 +13,7 @@ Not thread-safe: delivery callbacks run inside ``Producer.poll``/``flush`` on th
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class InFlight:
     outstanding: int = 0
     failures: list[Failure] = field(default_factory=list)
     outputs: Any = None  # the sink's Outputs, to tell which input a failure answers
+    since: float = field(default_factory=time.monotonic)  # when its outputs were handed over
 
     def on_delivery(self, error: KafkaError | None, message: Message) -> None:
         """Producer delivery callback: once per output."""
@@ -92,6 +94,12 @@ class CommitTracker:
     @property
     def empty(self) -> bool:
         return not self._batches
+
+    def waiting_since(self) -> float | None:
+        """When the oldest batch still awaiting acknowledgements was produced; None if none is. Its age is
+        how long the commit has been held, whatever the other outputs (dead letters, say) are doing."""
+        self._collect()
+        return next((b.since for b in self._batches if b.outstanding > 0), None)
 
     def failing(self) -> bool:
         """True when an output of a batch in flight failed: the loop must stop and rewind."""
