@@ -264,6 +264,19 @@ class ExitsOnATimedOutTransaction(Worker):
         return _ExitsOnEveryFatal(self.ctx, self._fatal_reason)
 
 
+class _RenewsOnlyTimedOut(Transactions):
+    def _fatal(self, exc: Any, meta: Any, taken: Any) -> None:
+        """Every fatal error of a young transaction stops the worker, as if a twin had fenced it."""
+        if time.monotonic() - self._began < self.ctx.settings.transaction_timeout_ms / 1000:
+            raise FatalError(self._fatal_reason(exc)) from exc
+        super()._fatal(exc, meta, taken)
+
+
+class ExitsOnADesynchronisedProducer(Worker):
+    def _delivery_mode(self) -> DeliveryMode:
+        return _RenewsOnlyTimedOut(self.ctx, self._fatal_reason)
+
+
 class _BlindWatchdog(Watchdog):
     def call(self, what: str, call: Any, deadline: float) -> None:
         """The call on the loop's thread, trusting librdkafka's timeout."""

@@ -482,6 +482,26 @@ def test_a_transaction_the_coordinator_timed_out_goes_on_with_a_new_producer(
     assert set(ids) <= set(world.answered()) and max(world.answered().values()) == 1
 
 
+@controls(broken.ExitsOnADesynchronisedProducer)
+def test_a_producer_out_of_sequence_goes_on_with_a_new_producer(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    """After a leader bounce librdkafka's idempotent producer can lose step with the broker's sequence
+    numbers, a fatal OUT_OF_ORDER_SEQUENCE_NUMBER in a young transaction (the chaos suite's exactly-once
+    leader bounce: two replicas exited 1). No twin fenced it: a new producer takes over, the batch once."""
+    world = World(tmp_path, partitions=1, delivery="exactly-once")
+    with running(world, worker_type):
+        world.produce(3)
+        wait_until(lambda: world.committed().get(0) == 3, "the first batch committed")
+        desync = KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, "sequence desynchronization", fatal=True)
+        world.broker.fail_deliveries("scores", desync)
+        ids = world.produce(3)
+        wait_until(lambda: world.committed().get(0) == 6, "the batch committed by a new producer")
+        assert world.running and renewals(world, "desynchronised") == 1
+    assert world.exit_code == 0
+    assert set(ids) <= set(world.answered()) and max(world.answered().values()) == 1
+
+
 @pytest.mark.parametrize(
     "abort_error",
     [KafkaError(KafkaError.INVALID_TXN_STATE, "the coordinator aborted it", fatal=True),

@@ -20,7 +20,9 @@ One segment, in order:
      first offsets, and back off (0.5 s doubling to 30 s; the first abort without a refused record, such as a
      rebalance moving the group on, is retried at once); three aborts in a row: not ready;
   5. an implicit ack (the producer's sequence numbers no longer match the broker's, see
-     ``worker.runtime.delivery``), a fatal error of a transaction open longer than ``transaction_timeout_ms``
+     ``worker.runtime.delivery``), a fatal desynchronisation (``faults.DESYNCHRONISED``: librdkafka's
+     OUT_OF_ORDER_SEQUENCE_NUMBER after a leader bounce), a fatal error of a transaction open longer than
+     ``transaction_timeout_ms``
      (the coordinator aborted it and bumped the producer's epoch: a replica stopped or starved that long, or
      cut off from the brokers),
      a ``send_offsets_to_transaction`` still blocked at the transaction's deadline (librdkafka #5456, #5511,
@@ -160,9 +162,13 @@ class Transactions(DeliveryMode):
 
     def _fatal(self, exc: KafkaException, meta: Meta, taken: dict[TP, Any]) -> None:
         """A fatal error of a transaction open past ``transaction_timeout_ms``: the coordinator aborted it
-        and bumped the epoch, so a new producer takes over. Of a younger one: another live producer has
-        this transactional id (or worse), and the worker stops."""
+        and bumped the epoch, so a new producer takes over, as after a desynchronised one (no one else has
+        the id). Of a younger one: another live producer has this transactional id (or worse), and the
+        worker stops."""
         error: KafkaError = exc.args[0]
+        if error.code() in faults.DESYNCHRONISED:
+            self._renew("desynchronised", faults.describe(error), meta, taken, usable=True)
+            return
         open_s = time.monotonic() - self._began
         timeout_s = self.ctx.settings.transaction_timeout_ms / 1000
         if open_s < timeout_s:

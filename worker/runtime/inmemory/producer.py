@@ -6,8 +6,11 @@
 per partition in produce order. A delivery fails with an injected fault, with MSG_SIZE_TOO_LARGE above the
 topic's ``max.message.bytes``, or with UNKNOWN_TOPIC_OR_PART for a missing topic; a failed message does not
 stop the ones after it (a gap, as without ``enable.gapless.guarantee``). After
-``InMemoryBroker.ack_unwritten`` one is reported delivered with no offset and not written. Deliveries to held
-topics stay in flight until released, purged or expired.
+``InMemoryBroker.ack_unwritten`` one is reported delivered with no offset and not written. A fatal fault (the
+idempotent producer's OUT_OF_ORDER_SEQUENCE_NUMBER after a leader bounce) fails its message and puts the
+producer in librdkafka's fatal state: ``error_cb`` hears it once, and ``poll``, ``flush``, ``produce`` and
+every transactional call raise it from then on. Deliveries to held topics stay in flight until released,
+purged or expired.
 
 With ``transactional.id``: ``init_transactions`` fences every older producer of that id (their next call
 raises a fatal ``_FENCED``, and their open transaction is aborted), as does a transaction the broker times
@@ -56,6 +59,7 @@ class InMemoryProducer:
         self.epoch: int | None = None
         self.txn: Transaction | None = None
         self.txn_failed: KafkaError | None = None
+        self.fatal: KafkaError | None = None  # librdkafka's fatal error state, once entered
         self.queue: deque[_Out] = deque()
         self.reports: deque[tuple[OnDelivery, KafkaError | None, Message]] = deque()
         broker.producers.append(self)
@@ -121,6 +125,8 @@ class InMemoryProducer:
             callback, error, message = self.reports.popleft()
             callback(error, message)
             served += 1
+        if self.fatal is not None:
+            raise KafkaException(self.fatal)
         return served
 
     def _deliver(self, out: _Out) -> None:
@@ -140,6 +146,10 @@ class InMemoryProducer:
             offset = broker.append(out.topic, out.partition, record)
         elif out.txn is not None and self.txn_failed is None:
             self.txn_failed = error
+        if error is not None and error.fatal() and self.fatal is None:
+            self.fatal = error
+            if self.error_cb is not None:
+                self.error_cb(error)
         self._report(out, error, offset)
 
     def _report(self, out: _Out, error: KafkaError | None, offset: int) -> None:
@@ -196,6 +206,8 @@ class InMemoryProducer:
     # --- transactions -----------------------------------------------------------------------------------
 
     def _check_fenced(self) -> None:
+        if self.fatal is not None:
+            raise KafkaException(self.fatal)
         if self.transactional_id is None or self.epoch is None:
             return
         if self.broker.epochs.get(self.transactional_id) != self.epoch:
