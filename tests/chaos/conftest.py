@@ -35,7 +35,7 @@ from chaos_profile import EVERY, FULL, PROFILE
 from chaos_run import ROWS, ChaosEnv, render
 from cluster import SCRIPT, Cluster, holding_stack, load_services
 from confluent_kafka.admin import AdminClient
-from ledger import store
+from ledger import store, worker_digest
 from scenario import CarModels
 
 from examples.car_insurance.generate import generate
@@ -62,13 +62,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items[:] = [i for i in items if i not in left_out]
 
 
+STARTED_ON = worker_digest()  # the sources the session's replicas run, stamped on its rows
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if ROWS:
         terminalreporter.write_sep("-", f"chaos ({PROFILE} profile)")
         for line in render(list(ROWS.values())):
             terminalreporter.write_line(line)
-        if FULL:  # make chaos may run in parts: the table of every part is made from the ledger
-            store(list(ROWS.values()))
+        if FULL and (refused := store(list(ROWS.values()), STARTED_ON)):  # the ledger: make chaos in parts
+            terminalreporter.write_line(refused)
     _timings(terminalreporter)
 
 

@@ -29,19 +29,25 @@ def worker_digest() -> str:
     return digest.hexdigest()[:12]
 
 
-def store(rows: list[Any]) -> None:
-    """Keep the rows (``chaos_run.Row``) whose checks passed, replacing earlier rows of their scenarios.
+def store(rows: list[Any], started_on: str) -> str | None:
+    """Keep the rows (``chaos_run.Row``) whose checks passed, replacing earlier rows of their scenarios,
+    stamped with ``started_on``, the digest of the sources when the session began; None, or why nothing was
+    kept.
 
     A failed scenario (a failed check, a run that timed out) keeps no row: its partial sums would read as a
-    clean result. The session's own table still shows it, marked failed.
+    clean result. The session's own table still shows it, marked failed. Nor does a session during which
+    ``worker/`` changed: replicas started later ran other sources than the earlier ones.
     """
+    if (now := worker_digest()) != started_on:
+        return f"no row stored: worker/ changed during the session ({started_on} at its start, {now} now)"
     kept = _load()
     at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    stamp = {"worker": worker_digest(), "at": at}
+    stamp = {"worker": started_on, "at": at}
     for row in (r for r in rows if r.passed):
         kept[row.scenario] = dataclasses.asdict(row) | stamp
     LEDGER.parent.mkdir(parents=True, exist_ok=True)
     LEDGER.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+    return None
 
 
 def _load() -> dict[str, dict[str, Any]]:
