@@ -277,6 +277,17 @@ class ExitsOnADesynchronisedProducer(Worker):
         return _RenewsOnlyTimedOut(self.ctx, self._fatal_reason)
 
 
+class _AbortsWhateverItHolds(Transactions):
+    def _holding_outputs(self) -> bool:
+        """abort_transaction whatever librdkafka still holds."""
+        return False
+
+
+class AbortsHoldingOutputs(Worker):
+    def _delivery_mode(self) -> DeliveryMode:
+        return _AbortsWhateverItHolds(self.ctx, self._fatal_reason)
+
+
 class _BlindWatchdog(Watchdog):
     def call(self, what: str, call: Any, deadline: float) -> None:
         """The call on the loop's thread, trusting librdkafka's timeout."""

@@ -482,6 +482,27 @@ def test_a_transaction_the_coordinator_timed_out_goes_on_with_a_new_producer(
     assert set(ids) <= set(world.answered()) and max(world.answered().values()) == 1
 
 
+@controls(broken.AbortsHoldingOutputs)
+def test_a_transaction_still_holding_outputs_is_left_to_a_new_producer_not_aborted(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    """Outputs still unsent when the transaction must end (here the consumer fell out of the group while
+    the broker held them): librdkafka can abort the process on an AddPartitionsToTxn answer arriving after
+    abort_transaction completed (the chaos suite's network partition, 2 runs in 5). A new producer, whose
+    init_transactions aborts the old one's transaction, takes over instead; the batch is scored once."""
+    world = World(tmp_path, partitions=1, delivery="exactly-once", transaction_timeout_ms=1000)
+    with running(world, worker_type) as worker:
+        ids = open_transaction(world, worker)
+        assert isinstance(worker.consumer, InMemoryConsumer)
+        world.broker.expire(worker.consumer)
+        wait_until(lambda: renewals(world, "outputs_held") == 1, "the producer given up")
+        world.broker.release("scores")
+        wait_until(lambda: world.committed().get(0) == 6, "the batch committed by a new producer")
+        assert world.running and world.broker.aborts_holding_outputs == 0
+    assert world.exit_code == 0
+    assert set(ids) <= set(world.answered()) and max(world.answered().values()) == 1
+
+
 @controls(broken.ExitsOnADesynchronisedProducer)
 def test_a_producer_out_of_sequence_goes_on_with_a_new_producer(
     tmp_path: Path, worker_type: type[Worker]

@@ -72,7 +72,7 @@ FailureKind = Literal["record", "broker"]
 # Why the producer was replaced. Exactly-once: the coordinator aborted a transaction open past its timeout,
 # a librdkafka call outlived its deadline, or an abort failed (see worker.runtime.transactions). Either
 # mode: an output was implicitly acknowledged (see worker.runtime.delivery).
-RenewalKind = Literal["timed_out", "stuck", "abort_failed", "implicit_ack", "desynchronised"]
+RenewalKind = Literal["timed_out", "stuck", "abort_failed", "implicit_ack", "desynchronised", "outputs_held"]
 
 # Upper bounds ("le") of the histogram buckets; +Inf is added by the histogram.
 BATCH_SIZE_BUCKETS: Final = (

@@ -26,7 +26,8 @@ One segment, in order:
      (the coordinator aborted it and bumped the producer's epoch: a replica stopped or starved that long, or
      cut off from the brokers),
      a ``send_offsets_to_transaction`` still blocked at the transaction's deadline (librdkafka #5456, #5511,
-     see ``worker.runtime.watchdog``), or an abort that fails: the producer is given up and a new one with
+     see ``worker.runtime.watchdog``), an abort that fails, or one due while outputs are still unsent
+     (librdkafka can crash on it, see ``_holding_outputs``): the producer is given up and a new one with
      the same transactional id takes over (its ``init_transactions`` fences the old one and aborts what it
      had open), then the segment is rewound as in 4. Any other fatal error stops the worker: a young
      transaction fenced means another live producer has this id;
@@ -204,8 +205,13 @@ class Transactions(DeliveryMode):
         self, error: KafkaError, meta: Meta, outputs: Outputs, in_flight: InFlight, taken: dict[TP, Any]
     ) -> None:
         """Abort, take the segment back from the breaker, note refused records, rewind with backoff. An
-        abort that fails leaves the transaction to a new producer (whose init_transactions aborts it)."""
+        abort that fails, or one librdkafka could crash on, leaves the transaction to a new producer (whose
+        init_transactions aborts it)."""
         ctx = self.ctx
+        if self._holding_outputs():
+            why = f"{len(ctx.producer)} outputs still unsent at the abort ({faults.describe(error)})"
+            self._renew("outputs_held", why, meta, taken, usable=True)
+            return
         try:
             self._abort_transaction()
         except KafkaException as exc:
@@ -229,6 +235,12 @@ class Transactions(DeliveryMode):
             ctx.health.set_outputs_down(f"{self.retry.attempts} transactions aborted in a row: "
                                         f"{faults.describe(error)}")  # fmt: skip
         self._rewind(meta, delay)
+
+    def _holding_outputs(self) -> bool:
+        """Outputs still unsent: an AddPartitionsToTxn request may be outstanding, and librdkafka (2.16)
+        aborts the process when its answer arrives after abort_transaction completed (it asserts
+        ``txn_req_cnt > 0`` before it checks whether the answer is outdated)."""
+        return len(self.ctx.producer) > 0
 
     def _abort_transaction(self) -> None:
         """abort_transaction, again after a timeout (the coordinator may be failing over), beating the

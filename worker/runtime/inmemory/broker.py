@@ -109,6 +109,9 @@ class InMemoryBroker:
         self.commit_faults: list[KafkaError] = []  # raised by the next commit_transaction calls
         self.abort_faults: list[KafkaError] = []  # raised by the next abort_transaction calls
         self.held: set[str] = set()  # topics whose deliveries are held in flight (a dead leader)
+        # abort_transaction calls made while the producer still held outputs: librdkafka can abort the process
+        # then (an AddPartitionsToTxn answer after the abort completed: "txn_req_cnt > 0" asserted)
+        self.aborts_holding_outputs = 0
         self.offsets_open = threading.Event()  # cleared: send_offsets_to_transaction blocks (stall_offsets)
         self.offsets_open.set()
         self.producers: list[InMemoryProducer] = []

@@ -17,7 +17,8 @@ raises a fatal ``_FENCED``, and their open transaction is aborted), as does a tr
 out (``time_out_transactions``); records of a transaction stay invisible to read_committed readers until
 ``commit_transaction``, which raises an abortable error when one of its messages failed or a fault was
 injected; ``abort_transaction`` drops what is queued and hides what was written (or raises an injected
-fault). While the broker stalls
+fault); one called while outputs are still queued or held is counted (``aborts_holding_outputs``), since
+librdkafka can abort the process then. While the broker stalls
 offsets (``stall_offsets``), ``send_offsets_to_transaction`` blocks past any timeout.
 """
 
@@ -264,6 +265,9 @@ class InMemoryProducer:
     def abort_transaction(self, timeout: float = -1) -> None:
         self._check_fenced()
         txn = self._open()
+        if self.queue:
+            with self.broker.lock:
+                self.broker.aborts_holding_outputs += 1
         with self.broker.lock:
             fault = self.broker.abort_faults.pop(0) if self.broker.abort_faults else None
         if fault is not None:
