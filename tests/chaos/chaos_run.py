@@ -162,9 +162,12 @@ class Progress(threading.Thread):
         self._peak = 0  # the largest lag sampled since the last peak_lag()
 
     def _reader(self) -> Consumer:
-        # A request unanswered for 2 s drops its connection: a paused broker is not waited on for long.
+        # A request unanswered for 2 s drops its connection: a paused broker is not waited on for long. And
+        # a restarted one is tried again within a second, not librdkafka's 10 s of reconnect backoff, which
+        # would be counted as the worker's recovery time.
         return Consumer({"bootstrap.servers": self.bootstrap, "group.id": self.group,
-                         "enable.auto.commit": False, "socket.timeout.ms": 2000})  # fmt: skip
+                         "enable.auto.commit": False, "socket.timeout.ms": 2000,
+                         "reconnect.backoff.max.ms": 1000})  # fmt: skip
 
     def run(self) -> None:
         while not self._halt.wait(SAMPLE_EVERY_S):
