@@ -431,6 +431,12 @@ def test_a_fenced_replica_exits_non_zero_naming_the_transactional_id(
     assert world.committed().get(0) == 3
 
 
+def assert_exited_scoring_once(world: World, ids: list[str]) -> None:
+    """The worker stopped cleanly, and every one of ``ids`` was scored, none twice."""
+    assert world.exit_code == 0
+    assert set(ids) <= set(world.answered()) and max(world.answered().values()) == 1
+
+
 def open_transaction(world: World, worker: Worker) -> list[str]:
     """A first batch committed, then a transaction whose outputs the broker holds; the held events' ids."""
     world.produce(3)
@@ -454,8 +460,7 @@ def test_exactly_once_commits_nothing_once_its_consumer_is_outside_the_group(tmp
         wait_until(lambda: "rtml_transaction_aborts_total 1.0" in world.metrics.render().decode(),
                    "the transaction aborted")  # fmt: skip
         wait_until(lambda: world.committed().get(0) == 6, "the batch committed after the rejoin")
-    assert world.exit_code == 0
-    assert set(ids) <= set(world.answered()) and max(world.answered().values()) == 1
+    assert_exited_scoring_once(world, ids)
 
 
 def renewals(world: World, cause: str) -> float:
@@ -478,8 +483,7 @@ def test_a_transaction_the_coordinator_timed_out_goes_on_with_a_new_producer(
         world.broker.release("scores")
         wait_until(lambda: world.committed().get(0) == 6, "the batch committed by a new producer")
         assert world.running and renewals(world, "timed_out") == 1
-    assert world.exit_code == 0
-    assert set(ids) <= set(world.answered()) and max(world.answered().values()) == 1
+    assert_exited_scoring_once(world, ids)
 
 
 @controls(broken.AbortsHoldingOutputs)
@@ -499,8 +503,7 @@ def test_a_transaction_still_holding_outputs_is_left_to_a_new_producer_not_abort
         world.broker.release("scores")
         wait_until(lambda: world.committed().get(0) == 6, "the batch committed by a new producer")
         assert world.running and world.broker.aborts_holding_outputs == 0
-    assert world.exit_code == 0
-    assert set(ids) <= set(world.answered()) and max(world.answered().values()) == 1
+    assert_exited_scoring_once(world, ids)
 
 
 @controls(broken.ExitsOnADesynchronisedProducer)
@@ -519,8 +522,7 @@ def test_a_producer_out_of_sequence_goes_on_with_a_new_producer(
         ids = world.produce(3)
         wait_until(lambda: world.committed().get(0) == 6, "the batch committed by a new producer")
         assert world.running and renewals(world, "desynchronised") == 1
-    assert world.exit_code == 0
-    assert set(ids) <= set(world.answered()) and max(world.answered().values()) == 1
+    assert_exited_scoring_once(world, ids)
 
 
 @pytest.mark.parametrize(
@@ -543,8 +545,7 @@ def test_an_abort_that_fails_is_left_to_a_new_producer(tmp_path: Path, abort_err
         world.broker.release("scores")
         wait_until(lambda: world.committed().get(0) == 6, "the batch committed by a new producer")
         assert world.running
-    assert world.exit_code == 0
-    assert set(ids) <= set(world.answered()) and max(world.answered().values()) == 1
+    assert_exited_scoring_once(world, ids)
 
 
 @controls(broken.WaitsOnStuckCalls)
@@ -566,8 +567,7 @@ def test_send_offsets_stuck_past_the_transaction_deadline_is_given_up_for_a_new_
             assert world.running
         finally:
             world.broker.stall_offsets(False)  # a broken worker's stuck call returns, so it can stop
-    assert world.exit_code == 0
-    assert set(ids) <= set(world.answered()) and max(world.answered().values()) == 1
+    assert_exited_scoring_once(world, ids)
 
 
 # --- signals ----------------------------------------------------------------------------------------------
