@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fcntl
 import hashlib
 import json
 import sys
@@ -40,13 +41,16 @@ def store(rows: list[Any], started_on: str) -> str | None:
     """
     if (now := worker_digest()) != started_on:
         return f"no row stored: worker/ changed during the session ({started_on} at its start, {now} now)"
-    kept = _load()
-    at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    stamp = {"worker": started_on, "at": at}
-    for row in (r for r in rows if r.passed):
-        kept[row.scenario] = dataclasses.asdict(row) | stamp
     LEDGER.parent.mkdir(parents=True, exist_ok=True)
-    LEDGER.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
+    # Sessions on two stacks may end together: the lock keeps one from writing over the other's rows.
+    with open(LEDGER.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        kept = _load()
+        at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        stamp = {"worker": started_on, "at": at}
+        for row in (r for r in rows if r.passed):
+            kept[row.scenario] = dataclasses.asdict(row) | stamp
+        LEDGER.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
     return None
 
 
