@@ -15,10 +15,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import fastavro
+import pytest
 from confluent_kafka import Producer
 from harness import SCORE_SCHEMA, plan_events, produce, register_schema
 from scenario import Scenario
-from verifier import Source, Sources
+from verifier import Source, Sources, read_outputs
 
 EVENTS = 2000
 PARTITIONS = 4
@@ -101,3 +102,31 @@ def test_verifier_on_real_topics(scenario: Callable[..., Scenario]) -> None:
     assert report.out_of_order == 1 and report.partitions[1].out_of_order == 1, report.render()
     assert report.wrong == 1 and report.partitions[1].wrong == 1, report.render()
     assert report.unknown == 0 and report.misrouted == 0, report.render()
+
+
+def test_an_open_transaction_does_not_hide_what_was_committed_after_it(
+    bootstrap_servers: str, new_topic: Callable[..., str]
+) -> None:
+    """A replica killed inside a transaction leaves it open until the coordinator times it out. A reader
+    that stopped at the watermark a read_committed client is told (the last stable offset, which the open
+    transaction holds back) saw none of the scores committed after it, and the verifier counted them lost.
+    The reader must read up to the log's real end, or fail naming the partition."""
+    topic = new_topic(1, prefix="rt-open")
+    held = Producer({"bootstrap.servers": bootstrap_servers, "transactional.id": uuid.uuid4().hex,
+                     "transaction.timeout.ms": 60_000})  # fmt: skip
+    held.init_transactions(30)
+    held.begin_transaction()
+    held.produce(topic, b"open", partition=0)
+    held.flush(30)  # written, never committed: the partition's last stable offset stays at it
+    after = Producer({"bootstrap.servers": bootstrap_servers, "transactional.id": uuid.uuid4().hex})
+    after.init_transactions(30)
+    after.begin_transaction()
+    for i in range(3):
+        after.produce(topic, b"after-%d" % i, partition=0)
+    after.commit_transaction(30)
+
+    with pytest.raises(TimeoutError, match=rf"{topic}: partitions .* not read up: {{0: "):
+        read_outputs(bootstrap_servers, topic, "score", timeout_s=3)
+    held.abort_transaction(30)
+    values = [out.value for out in read_outputs(bootstrap_servers, topic, "score", timeout_s=30)]
+    assert values == [b"after-0", b"after-1", b"after-2"]

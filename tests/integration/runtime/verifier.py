@@ -354,26 +354,29 @@ def read_outputs(
 ) -> list[Output]:
     """Every committed record of ``topic`` up to its current high watermarks, in partition then offset order.
 
-    Uses a fresh ``read_committed`` consumer (aborted transactions are never seen). Raises ``TimeoutError``
+    Uses a fresh ``read_committed`` consumer (aborted transactions are never seen). The high watermarks are
+    the log's ends, asked for with ``read_uncommitted``: a read_committed client is told the last stable
+    offset instead, which a transaction still open (a killed replica's, until the coordinator times it out)
+    holds back, and what was committed after it would go unread and count as lost. Raises ``TimeoutError``
     naming the partitions that did not reach their high watermark within ``timeout_s``.
     """
-    consumer = Consumer({
+    config = {
         "bootstrap.servers": bootstrap_servers,
         "group.id": f"verifier-{uuid.uuid4().hex}",
         "enable.auto.commit": False,
-        "isolation.level": "read_committed",
         "enable.partition.eof": True,
         "auto.offset.reset": "earliest",
-    })  # fmt: skip
+    }
+    consumer = Consumer({**config, "isolation.level": "read_committed"})
+    ends = Consumer({**config, "isolation.level": "read_uncommitted"})
     try:
         partitions = sorted(consumer.list_topics(topic, timeout=30).topics[topic].partitions)
-        highs = {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in partitions
-        }
+        highs = {p: ends.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in partitions}
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         records = _drain(consumer, topic, highs, kind, decode, time.monotonic() + timeout_s)
     finally:
         consumer.close()
+        ends.close()
     records.sort(key=lambda out: (out.partition, out.offset))
     return records
 
