@@ -2,9 +2,10 @@
 
 The full profile takes longer than one sitting. Every full-profile session stores its rows in
 ``bench/results/chaos.json``, each under its scenario with the digest of the ``worker/`` sources it ran
-against and when; a later run of the same scenario replaces it. ``python tests/chaos/ledger.py`` prints the
-table of every stored row and says which ran against other sources than the ones here now (a row counts for
-the code it ran against, and only for that).
+against, the digest of the verifier that judged it, and when; a later run of the same scenario replaces it.
+``python tests/chaos/ledger.py`` prints the table of every stored row and says which ran against other sources
+than the ones here now, or were judged by another verifier (a row counts for the code it ran against and the
+verifier that judged it, and only for those).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 LEDGER = ROOT / "bench" / "results" / "chaos.json"
+VERIFIER = ROOT / "tests" / "integration" / "runtime" / "verifier.py"
 
 
 def worker_digest() -> str:
@@ -28,6 +30,14 @@ def worker_digest() -> str:
     for path in sorted((ROOT / "worker").rglob("*.py")):
         digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
+
+
+def verifier_digest() -> str:
+    """The first 12 hex digits of the sha256 of the verifier (``tests/integration/runtime/verifier.py``)."""
+    return hashlib.sha256(VERIFIER.read_bytes()).hexdigest()[:12]
+
+
+JUDGED_BY = verifier_digest()  # at import, when the session starts and imports the verifier too
 
 
 def store(rows: list[Any], started_on: str) -> str | None:
@@ -47,7 +57,7 @@ def store(rows: list[Any], started_on: str) -> str | None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         kept = _load()
         at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        stamp = {"worker": started_on, "at": at}
+        stamp = {"worker": started_on, "verifier": JUDGED_BY, "at": at}
         for row in (r for r in rows if r.passed):
             kept[row.scenario] = dataclasses.asdict(row) | stamp
         LEDGER.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
@@ -63,16 +73,19 @@ def main() -> int:
     from chaos_run import Row, render
 
     kept = _load()
-    now = worker_digest()
+    now, judge = worker_digest(), verifier_digest()
     fields = {f.name for f in dataclasses.fields(Row)}
     rows = [Row(**{k: v for k, v in kept[name].items() if k in fields}) for name in sorted(kept)]
-    print(f"chaos, full profile: {len(rows)} scenarios; worker/ sources here: {now}")
+    print(f"chaos, full profile: {len(rows)} scenarios; worker/ sources here: {now}; verifier: {judge}")
     for line in render(rows) if rows else ["no row stored yet: run make chaos"]:
         print(line)
     print("stored:")
     for name in sorted(kept):
-        older = "" if kept[name]["worker"] == now else "  (other worker/ sources than these)"
-        print(f"  {name}: worker {kept[name]['worker']}, {kept[name]['at']}{older}")
+        row = kept[name]
+        older = "" if row["worker"] == now else "  (other worker/ sources than these)"
+        if row.get("verifier") != judge:
+            older += "  (judged by another verifier)"
+        print(f"  {name}: worker {row['worker']}, verifier {row.get('verifier', '-')}, {row['at']}{older}")
     return 0
 
 
