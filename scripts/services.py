@@ -1,4 +1,4 @@
-"""Real local services without Docker: Apache Kafka (KRaft) and Apicurio Registry, from Maven Central.
+"""Real local services without Docker: Apache Kafka (KRaft), Apicurio Registry, S3Proxy; from Maven Central.
 
     python scripts/services.py up [--brokers N]   start, or reuse a healthy stack; prints sourceable env lines
     python scripts/services.py down               stop what `up` started (by process id) and wipe its data
@@ -13,8 +13,9 @@ stopped by the pid we recorded, after checking its command line is still ours. I
 recorded (``<name>.cmd``, JSON), so that the broker-control functions below (SIGKILL, SIGSTOP, SIGCONT,
 restart), which the chaos tests call through tests/chaos/cluster.py, can start a broker again as it was.
 Ports: broker i listens on KAFKA_PORT + i and its controller on KAFKA_PORT + 100 + i; the registry on
-REGISTRY_PORT and its management interface on REGISTRY_PORT + 1. Set them with --kafka-port /
---registry-port or RTML_KAFKA_PORT / RTML_REGISTRY_PORT.
+REGISTRY_PORT and its management interface on REGISTRY_PORT + 1; S3Proxy, an S3-compatible object store on
+the filesystem (``<run>/s3-data``, bucket ``rtml``), on REGISTRY_PORT + 2 unless told otherwise. Set them with
+--kafka-port / --registry-port / --s3-port or RTML_KAFKA_PORT / RTML_REGISTRY_PORT / RTML_S3_PORT.
 Each broker also has a PROXIED listener for fault-injection tests: it binds KAFKA_PORT + 200 + i but
 advertises KAFKA_PORT + 300 + i, where nothing listens until a test starts a proxy forwarding +300 -> +200
 (tests/chaos/faultproxy.py). A client bootstrapped at ``Stack.proxied_bootstrap`` is then told the proxy
@@ -51,6 +52,11 @@ LOG4J_VERSION = "2.25.5"  # the log4j the broker itself depends on: only the slf
 APICURIO_VERSION = "3.3.3"
 APICURIO_VERSION_JAVA17 = "3.0.9"
 CCOMPAT_PATH = "/apis/ccompat/v7"
+S3PROXY_VERSION = "4.1.0"  # runs on Java 17; its jar-with-dependencies is one runnable file
+S3_BUCKET = "rtml"
+S3_ACCESS_KEY = "rtml"  # a local test server's credentials, printed in the env lines on purpose
+S3_SECRET_KEY = "rtml-local-secret"
+S3_REGION = "us-east-1"
 
 ROOT = Path(__file__).resolve().parent.parent / ".services"
 CACHE = ROOT / "cache"
@@ -66,6 +72,22 @@ class Stack:
     brokers: int
     kafka_port: int
     registry_port: int
+    s3_port: int = 0  # 0: registry_port + 2
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{HOST}:{self.s3_port or self.registry_port + 2}"
+
+    def s3_env(self) -> dict[str, str]:
+        """The standard AWS variables (read by obstore and every AWS SDK) for this stack's S3Proxy."""
+        return {
+            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+            "AWS_REGION": S3_REGION,
+            "AWS_ALLOW_HTTP": "true",
+            "RTML_S3_BUCKET": S3_BUCKET,
+        }
 
     @property
     def run(self) -> Path:
@@ -92,11 +114,15 @@ class Stack:
     def registry_url(self) -> str:
         return f"http://{HOST}:{self.registry_port}{CCOMPAT_PATH}"
 
+    def env(self) -> dict[str, str]:
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "SCHEMA_REGISTRY_URL": self.registry_url,
+            **self.s3_env(),
+        }
+
     def env_lines(self) -> str:
-        return (
-            f"export KAFKA_BOOTSTRAP_SERVERS={self.bootstrap}\n"
-            f"export SCHEMA_REGISTRY_URL={self.registry_url}\n"
-        )
+        return "".join(f"export {key}={value}\n" for key, value in self.env().items())
 
 
 def run_folder(kafka_port: int) -> Path:
@@ -147,6 +173,19 @@ def apicurio_app(version: str) -> Path:
         (app / ".complete").touch()
     # 3.3 ships Quarkus' fast-jar layout, 3.0 an uber runner jar.
     return next(j for pattern in ("quarkus-run.jar", "*-runner.jar") for j in app.rglob(pattern))
+
+
+def s3proxy_jar() -> Path:
+    """S3Proxy's jar-with-dependencies, resolved once."""
+    jar = CACHE / f"s3proxy-{S3PROXY_VERSION}-jar-with-dependencies.jar"
+    if not jar.exists():
+        log(f"resolving S3Proxy {S3PROXY_VERSION} from Maven Central (once)")
+        download = CACHE / "downloads"
+        mvn("dependency:copy", f"-Dartifact=org.gaul:s3proxy:{S3PROXY_VERSION}:jar:jar-with-dependencies",
+            f"-DoutputDirectory={download}")  # fmt: skip
+        shutil.copyfile(download / jar.name, jar.with_suffix(".part"))
+        jar.with_suffix(".part").rename(jar)
+    return jar
 
 
 KAFKA_POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
@@ -241,7 +280,7 @@ def chaos_lock_holder(run: Path) -> int | None:
 
 
 def process_names(brokers: int) -> list[str]:
-    return [*(f"kafka-{i}" for i in range(brokers)), "registry"]
+    return [*(f"kafka-{i}" for i in range(brokers)), "registry", "s3"]
 
 
 def recorded_names(run: Path) -> list[str]:
@@ -450,17 +489,58 @@ def registry_ready(stack: Stack, timeout: float = 2.0) -> bool:
         return False
 
 
+# --- object store ----------------------------------------------------------------------------------------
+
+
+def s3_properties(stack: Stack) -> str:
+    data = stack.run / "s3-data"
+    (data / S3_BUCKET).mkdir(parents=True, exist_ok=True)  # the filesystem backend's bucket is a folder
+    return (
+        f"s3proxy.endpoint={stack.s3_endpoint}\n"
+        "s3proxy.authorization=aws-v2-or-v4\n"
+        f"s3proxy.identity={S3_ACCESS_KEY}\n"
+        f"s3proxy.credential={S3_SECRET_KEY}\n"
+        "jclouds.provider=filesystem\n"
+        f"jclouds.filesystem.basedir={data}\n"
+    )
+
+
+def start_s3(stack: Stack) -> None:
+    props = stack.run / "s3proxy.properties"
+    props.write_text(s3_properties(stack))
+    spawn(
+        stack.run,
+        "s3",
+        [java(), "-Xms64m", "-Xmx256m", "-jar", str(s3proxy_jar()), "--properties", str(props)],
+    )
+
+
+def s3_ready(stack: Stack, timeout: float = 2.0) -> bool:
+    """S3Proxy answers HTTP (an unsigned request is refused with 403: the server is up)."""
+    try:
+        with urllib.request.urlopen(f"{stack.s3_endpoint}/{S3_BUCKET}", timeout=timeout):
+            return True
+    except urllib.error.HTTPError:
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 # --- commands -----------------------------------------------------------------------------------------------
 
 
 def healthy(stack: Stack) -> bool:
     alive = all(our_pid(stack.run, name) is not None for name in process_names(stack.brokers))
-    return alive and registry_ready(stack) and kafka_ready(stack)
+    return alive and registry_ready(stack) and s3_ready(stack) and kafka_ready(stack)
 
 
 def wait_until_ready(stack: Stack) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
-    waiting = {"kafka": lambda: kafka_ready(stack), "registry": lambda: registry_ready(stack)}
+    waiting = {
+        "kafka": lambda: kafka_ready(stack),
+        "registry": lambda: registry_ready(stack),
+        "s3": lambda: s3_ready(stack),
+    }
     while waiting:
         for name, ready in list(waiting.items()):
             if ready():
@@ -488,22 +568,24 @@ def up(stack: Stack) -> bool:
             sys.exit(f"services: {held}: not restarting it; run again once that session ends")
         log("a previous stack is half-dead or differently shaped: restarting it")
         down(stack.run)
-    kafka_libs(), apicurio_app(registry_runtime()[1])  # resolve both before starting either
+    kafka_libs(), apicurio_app(registry_runtime()[1]), s3proxy_jar()  # resolve all before starting any
     started = time.monotonic()
     try:
         start_kafka(stack)
         start_registry(stack)
+        start_s3(stack)
         wait_until_ready(stack)
     except BaseException:
         down(stack.run)  # a failed start leaves nothing running
         raise
-    log(f"ready in {time.monotonic() - started:.1f}s: kafka {stack.bootstrap}, registry {stack.registry_url}")
+    t = time.monotonic() - started
+    log(f"ready in {t:.1f}s, kafka {stack.bootstrap}, registry {stack.registry_url}, s3 {stack.s3_endpoint}")
     return True
 
 
 def down(run: Path) -> None:
     stop(run, recorded_names(run))
-    for folder in run.glob("kafka-*"):
+    for folder in [*run.glob("kafka-*"), run / "s3-data"]:
         shutil.rmtree(folder, ignore_errors=True)
     for command in run.glob("*.cmd"):
         command.unlink()  # their data is gone: nothing to restart
@@ -511,11 +593,7 @@ def down(run: Path) -> None:
 
 def run(stack: Stack, cmd: Sequence[str]) -> int:
     started = up(stack)
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": stack.bootstrap,
-        "SCHEMA_REGISTRY_URL": stack.registry_url,
-    }
+    env = {**os.environ, **stack.env()}
     try:
         return subprocess.call(list(cmd), env=env)
     finally:
@@ -534,6 +612,8 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--registry-port", type=int, default=int(os.environ.get("RTML_REGISTRY_PORT", "8081"))
     )
+    parser.add_argument("--s3-port", type=int, default=int(os.environ.get("RTML_S3_PORT", "0")),
+                        help="S3Proxy's port (default: the registry port + 2)")  # fmt: skip
     argv = list(argv)
     rest: list[str] = []
     if "--" in argv:
@@ -544,7 +624,7 @@ def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: Sequence[str]) -> int:
     args, rest = parse(argv)
-    stack = Stack(args.brokers, args.kafka_port, args.registry_port)
+    stack = Stack(args.brokers, args.kafka_port, args.registry_port, args.s3_port)
     if args.command == "up":
         up(stack)
         print(stack.env_lines(), end="")

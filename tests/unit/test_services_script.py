@@ -96,7 +96,25 @@ def test_env_lines_are_sourceable(services: ModuleType) -> None:
     assert stack.env_lines().splitlines() == [
         "export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092",
         "export SCHEMA_REGISTRY_URL=http://127.0.0.1:8081/apis/ccompat/v7",
+        "export AWS_ENDPOINT_URL=http://127.0.0.1:8083",
+        "export AWS_ACCESS_KEY_ID=rtml",
+        "export AWS_SECRET_ACCESS_KEY=rtml-local-secret",
+        "export AWS_REGION=us-east-1",
+        "export AWS_ALLOW_HTTP=true",
+        "export RTML_S3_BUCKET=rtml",
     ]
+
+
+def test_s3proxy_serves_a_bucket_folder_on_its_own_port(services: ModuleType, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setattr(services, "run_folder", lambda port: tmp_path)
+    stack = services.Stack(brokers=1, kafka_port=9092, registry_port=8081, s3_port=39000)
+    props = dict(line.split("=", 1) for line in services.s3_properties(stack).splitlines())
+    assert props["s3proxy.endpoint"] == "http://127.0.0.1:39000"
+    assert props["jclouds.provider"] == "filesystem"
+    assert (Path(props["jclouds.filesystem.basedir"]) / "rtml").is_dir()
+    assert (props["s3proxy.identity"], props["s3proxy.credential"]) == ("rtml", "rtml-local-secret")
+    assert "s3" in services.process_names(1)
 
 
 def test_cluster_id_never_reads_as_an_option(services: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -223,7 +241,9 @@ def test_up_does_not_restart_a_stack_a_chaos_session_holds(
     monkeypatch.setattr(services, "healthy", lambda stack: False)
     (tmp_path / "kafka-0.pid").write_text("1")
     called: list[str] = []
-    for step in ("down", "kafka_libs", "apicurio_app", "registry_runtime", "start_kafka", "start_registry"):
+    steps = ("down", "kafka_libs", "apicurio_app", "s3proxy_jar", "registry_runtime", "start_kafka",
+             "start_registry", "start_s3")  # fmt: skip
+    for step in steps:
         # Never a real process from a unit test, whatever up() decides.
         monkeypatch.setattr(services, step, lambda *_, step=step: called.append(step) or ("java", "3"))
     monkeypatch.setattr(services, "wait_until_ready", lambda stack: called.append("wait_until_ready"))
