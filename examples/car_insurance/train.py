@@ -171,7 +171,7 @@ def train(events: pd.DataFrame, out: Path, store: ModelStore, *, seed: int = 0) 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the ONNX files and graphs")
-    parser.add_argument("--models", type=Path, required=True, help="model store folder to upload to")
+    parser.add_argument("--models", required=True, help="model store to upload to: a folder or s3://...")
     parser.add_argument("--events", type=Path, help="train on this JSON Lines file (with 'purchase')")
     parser.add_argument("--rows", type=int, default=20_000, help="events to generate when --events is absent")
     parser.add_argument("--seed", type=int, default=7)

@@ -104,7 +104,7 @@ def train(out: Path, store: ModelStore) -> Trained:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--models", type=Path, required=True, help="model store folder to upload to")
+    parser.add_argument("--models", required=True, help="model store to upload to: a folder or s3://...")
     args = parser.parse_args(argv)
     trained = train(args.out, ModelStore(args.models))
     print(f"iris: {trained.model_id}  {trained.graph}")

@@ -215,3 +215,13 @@ def test_the_environment_variable_chooses_the_default_store(
     monkeypatch.setenv("RTML_MODEL_STORE", str(tmp_path / "env-store"))
     info = ModelStore().put(make_model(), name="m")
     assert (tmp_path / "env-store" / f"{parse_model_id(info.model_id)}.onnx").exists()
+
+
+def test_the_cache_of_an_object_store_defaults_to_the_users_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RTML_MODEL_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert store_module.default_cache_dir() == tmp_path / "xdg" / "rtml-worker" / "models"
+    monkeypatch.setenv("RTML_MODEL_CACHE", str(tmp_path / "mine"))
+    assert store_module.default_cache_dir() == tmp_path / "mine"

@@ -52,6 +52,11 @@ def config(tmp_path: Path, extra: str = "", base: str = BASE) -> Path:
     return path
 
 
+def top_level(tmp_path: Path, keys: str) -> Path:
+    """The base file with ``keys`` before its first table."""
+    return config(tmp_path, base=BASE.replace("\n[input]", f"\n{keys}\n\n[input]", 1))
+
+
 def error_of(path: Path | None) -> ConfigError:
     with pytest.raises(ConfigError) as caught:
         load_settings(path)
@@ -137,6 +142,17 @@ def test_a_bad_value_names_the_dotted_field_and_the_variable(tmp_path: Path) -> 
     assert "batch.max_records:" in str(error)
     assert "RTML_BATCH__MAX_RECORDS" in str(error)
     assert error.__cause__ is None and error.__suppress_context__  # pydantic's input echo stays out
+
+
+@pytest.mark.parametrize("store", ["s3://rtml/models", "gs://b/m", "az://c/m", "/srv/models", "file:///m"])
+def test_the_model_store_is_a_folder_or_an_object_store_url(tmp_path: Path, store: str) -> None:
+    s = load_settings(top_level(tmp_path, f'model_store = "{store}"\nmodel_cache = "/var/cache/m"'))
+    assert (s.model_store, s.model_cache) == (store, Path("/var/cache/m"))
+
+
+def test_a_model_store_of_another_scheme_is_refused_by_name(tmp_path: Path) -> None:
+    error = error_of(top_level(tmp_path, 'model_store = "https://example.com/models"'))
+    assert "model_store:" in str(error) and "https://" in str(error) and "RTML_MODEL_STORE" in str(error)
 
 
 def test_missing_fields_are_each_named(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -43,9 +43,11 @@ def register(subparsers: Any) -> None:
 
 
 def add_store_argument(parser: argparse.ArgumentParser) -> None:
-    """The ``--models DIR`` option shared by every command that reads the model store."""
+    """The ``--models STORE`` option shared by every command that reads the model store."""
     parser.add_argument(
-        "--models", metavar="DIR", help=f"model store folder (default: ${MODEL_STORE_ENV} or ./.models)"
+        "--models",
+        metavar="STORE",
+        help=f"model store: a folder or s3://bucket/prefix (default: ${MODEL_STORE_ENV} or ./.models)",
     )
 
 

@@ -1,14 +1,22 @@
 """The model store: ONNX models kept by content, so a graph names exactly the bytes it was validated with.
 
-Layout of the store folder (default ``.models/`` in the working directory, or ``$RTML_MODEL_STORE``)::
+The store is a location (``model_store``; default ``.models/`` in the working directory, or
+``$RTML_MODEL_STORE``): a local folder, or an object store (``s3://bucket/prefix``, ``gs://``, ``az://``)
+shared by workers on many machines (``worker.models.blobs``). Its layout is the same in both::
 
     <hex>.onnx          the model's bytes, self-contained; <hex> is the sha256 of exactly these bytes
     <hex>.json          metadata: name, size, uploaded_at, opset, producer, inputs, outputs, external_data
 
 A ``model_id`` is ``"sha256:<64 lowercase hex>"``: the algorithm is part of the id so that it can change
 without ambiguity, and graphs refer to models only by id. Every write goes to a temporary file in the store
-folder and is renamed into place, so a reader never sees half a model; uploading the same bytes twice is a
-no-op that returns the first upload's metadata.
+folder and is renamed into place (an object PUT is atomic), so a reader never sees half a model, and the
+metadata is written after the model, so a listed model is whole; uploading the same bytes twice is a no-op
+that returns the first upload's metadata.
+
+Models read from an object store go through a local read-through cache (``model_cache``, else
+``$RTML_MODEL_CACHE``, else ``$XDG_CACHE_HOME/rtml-worker/models``), keyed by the sha256 too: every byte
+fetched or read back from the cache is hashed against the id before it is used, so a corrupted or tampered
+object is refused, never loaded nor cached, and a damaged cache entry is fetched again.
 
 External tensor data (ONNX external data files) is inlined at upload: each file is read once from the
 model's folder, the tensors' bytes are copied into the ModelProto, and only that proto is stored. The id is
@@ -21,7 +29,7 @@ id did not cover; their metadata still lists it under ``external_data``. ``load`
 that refers to external data and says to re-upload it (which inlines it, under a new id).
 
 ``ModelStore`` implements the graph's ``ModelLoader`` protocol (``load(model_id) -> bytes``). It is called at
-start (graph compilation), never per event; its methods block on file I/O and raise ``ModelError``.
+start (graph compilation), never per event; its methods block on I/O and raise ``ModelError``.
 """
 
 from __future__ import annotations
@@ -30,7 +38,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +47,7 @@ import onnx
 from google.protobuf.message import EncodeError  # type: ignore[import-untyped]
 
 from worker.errors import ModelError
+from worker.models.blobs import BlobMissing, Blobs, FolderBlobs, location_kind, open_blobs
 from worker.models.checks import (
     check_model,
     describe,
@@ -50,15 +58,24 @@ from worker.models.checks import (
 )
 
 MODEL_STORE_ENV = "RTML_MODEL_STORE"
+MODEL_CACHE_ENV = "RTML_MODEL_CACHE"
 DEFAULT_STORE_DIR = ".models"
 _MODEL_ID = re.compile(r"^sha256:([0-9a-f]{64})$")
 # The largest message protobuf serializes (and ONNX Runtime parses from bytes): 2 GiB - 1.
 PROTOBUF_LIMIT = 2**31 - 1
 
 
-def default_store_dir() -> Path:
+def default_store_dir() -> str:
     """``$RTML_MODEL_STORE`` when set, else ``.models`` in the current directory."""
-    return Path(os.environ.get(MODEL_STORE_ENV) or DEFAULT_STORE_DIR)
+    return os.environ.get(MODEL_STORE_ENV) or DEFAULT_STORE_DIR
+
+
+def default_cache_dir() -> Path:
+    """``$RTML_MODEL_CACHE``, else ``$XDG_CACHE_HOME/rtml-worker/models`` (``~/.cache`` by default)."""
+    if cache := os.environ.get(MODEL_CACHE_ENV):
+        return Path(cache)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "rtml-worker" / "models"
 
 
 def model_id_of(data: bytes) -> str:
@@ -103,17 +120,31 @@ class ModelInfo:
 
 
 class ModelStore:
-    """A folder of content-addressed ONNX models.
+    """Content-addressed ONNX models in a folder or an object store.
 
     ``allow_custom_domains`` governs ``load`` (and is the default for ``upload``): a model that uses a
-    non-standard operator domain is refused unless it is true.
+    non-standard operator domain is refused unless it is true. ``cache`` is the local read-through cache of
+    an object store (ignored for a folder, which is local already).
     """
 
     def __init__(
-        self, root: str | os.PathLike[str] | None = None, *, allow_custom_domains: bool = False
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        cache: str | os.PathLike[str] | None = None,
+        allow_custom_domains: bool = False,
     ) -> None:
-        self.root = Path(root) if root is not None else default_store_dir()
+        location = os.fspath(root) if root is not None else default_store_dir()
+        self.blobs: Blobs = open_blobs(location)
+        self.cache: Blobs | None = None
+        if location_kind(location) == "object":
+            self.cache = FolderBlobs(Path(cache) if cache is not None else default_cache_dir())
         self.allow_custom_domains = allow_custom_domains
+
+    @property
+    def where(self) -> str:
+        """The store's location, fit to show."""
+        return self.blobs.where
 
     def upload(
         self,
@@ -142,7 +173,7 @@ class ModelStore:
             data = _inline_external(model, len(data), name=name, source_dir=source_dir)
         model_id = model_id_of(data)
         digest = parse_model_id(model_id)
-        if (self.root / f"{digest}.json").exists() and (self.root / f"{digest}.onnx").exists():
+        if self.blobs.info(f"{digest}.json") is not None and self.blobs.info(f"{digest}.onnx") is not None:
             return self.info(model_id)
         info = ModelInfo(
             model_id=model_id,
@@ -151,8 +182,8 @@ class ModelStore:
             uploaded_at=datetime.now(UTC).isoformat(timespec="seconds"),
             **describe(model),
         )
-        _atomic_write(self.root / f"{digest}.onnx", data)
-        _atomic_write(self.root / f"{digest}.json", (json.dumps(info.to_json(), indent=2) + "\n").encode())
+        self.blobs.put(f"{digest}.onnx", data)
+        self.blobs.put(f"{digest}.json", (json.dumps(info.to_json(), indent=2) + "\n").encode())
         return info
 
     def load(self, model_id: str) -> bytes:
@@ -161,15 +192,7 @@ class ModelStore:
         Raises ``ModelError`` when the model is missing, its bytes do not match the id, it refers to
         external data (a store written by an older version), or it fails the upload checks.
         """
-        digest = parse_model_id(model_id)
-        try:
-            data = (self.root / f"{digest}.onnx").read_bytes()
-        except FileNotFoundError as exc:
-            raise ModelError(f"model {model_id} is not in the model store {self.root}") from exc
-        except OSError as exc:
-            raise ModelError(f"model {model_id}: cannot read ({exc.strerror})") from exc
-        if model_id_of(data) != model_id:
-            raise ModelError(f"model {model_id}: content does not match its hash (corrupted or tampered)")
+        data = self._fetch(model_id)
         model = parse_model(data, what=model_id)
         if external_locations(model):
             # Nothing outside this file is covered by the id, so nothing outside it may be loaded.
@@ -182,23 +205,44 @@ class ModelStore:
         check_model(model, what=model_id, allow_custom_domains=self.allow_custom_domains)
         return data
 
+    def _fetch(self, model_id: str) -> bytes:
+        """The bytes of ``model_id``, from the cache or the store, hashed against the id either way."""
+        key = f"{parse_model_id(model_id)}.onnx"
+        if self.cache is not None:
+            try:
+                cached = self.cache.get(key)
+            except ModelError:  # absent or unreadable: the store has it
+                cached = b""
+            if cached and model_id_of(cached) == model_id:
+                return cached
+        try:
+            data = self.blobs.get(key)
+        except BlobMissing as exc:
+            raise ModelError(f"model {model_id} is not in the model store {self.where}") from exc
+        if model_id_of(data) != model_id:
+            raise ModelError(
+                f"model {model_id}: content in {self.where} does not match its hash (corrupted or tampered); "
+                "not loaded"
+            )
+        if self.cache is not None:
+            self.cache.put(key, data)  # replaces a damaged entry too
+        return data
+
     def info(self, model_id: str) -> ModelInfo:
         """The stored metadata of ``model_id``; ``ModelError`` if missing or unreadable."""
-        return self._read_info(self.root / f"{parse_model_id(model_id)}.json", what=model_id)
+        return self._read_info(f"{parse_model_id(model_id)}.json", what=model_id)
 
     def list_models(self) -> list[ModelInfo]:
         """Every stored model's metadata, oldest upload first (an absent store folder is empty)."""
-        if not self.root.is_dir():
-            return []
-        infos = [self._read_info(path, what=path.name) for path in self.root.glob("*.json")]
+        infos = [self._read_info(key, what=key) for key in self.blobs.list(".json")]
         return sorted(infos, key=lambda info: (info.uploaded_at, info.model_id))
 
-    def _read_info(self, path: Path, *, what: str) -> ModelInfo:
+    def _read_info(self, key: str, *, what: str) -> ModelInfo:
         try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise ModelError(f"model {what} is not in the model store {self.root}") from exc
-        except (OSError, ValueError) as exc:
+            raw = json.loads(self.blobs.get(key))
+        except BlobMissing as exc:
+            raise ModelError(f"model {what} is not in the model store {self.where}") from exc
+        except ValueError as exc:
             raise ModelError(f"{what}: unreadable metadata ({exc})") from exc
         return ModelInfo.from_json(raw, what=what)
 
@@ -264,18 +308,3 @@ def _read_inside(base: Path, location: str, *, what: str) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise ModelError(f"{what}: cannot read external data {location!r} ({exc.strerror})") from exc
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, flush it to disk, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -66,7 +66,9 @@ def build_pipeline(
     else:
         writer = _schema(settings.input.writer_schema or settings.input.reader_schema, "input.writer_schema")
         decoder = BatchDecoder(reader, writer=writer, limits=limits)
-    store = ModelStore(settings.model_store, allow_custom_domains=settings.allow_custom_domains)
+    store = ModelStore(
+        settings.model_store, cache=settings.model_cache, allow_custom_domains=settings.allow_custom_domains
+    )
     graph = compile_graph(
         load_graph(settings.graph),
         store,

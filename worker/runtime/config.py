@@ -38,6 +38,7 @@ from pydantic_settings import (
 )
 
 from worker.errors import ConfigError
+from worker.models.blobs import OBJECT_SCHEMES, location_kind
 
 # Settings that switch off TLS verification are refused outright: a scoring worker has no business with them.
 UNSAFE_LIBRDKAFKA = {
@@ -363,7 +364,10 @@ class Settings(BaseSettings):
     output: OutputSettings
     dead_letter: DeadLetterSettings
     graph: Path
-    model_store: Path = Path(".models")
+    # A folder, or object storage shared by machines: s3://bucket/prefix, gs://..., az://... (credentials from
+    # the cloud's standard environment variables and files, never from this value).
+    model_store: str = Field(".models", min_length=1)
+    model_cache: Path | None = None  # an object store's local read-through cache (default: see ModelStore)
     allow_custom_domains: bool = False
     intra_op_num_threads: int = Field(1, ge=1)
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
@@ -398,6 +402,15 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment first, then the values from the file (passed as init kwargs by `load_settings`).
         return (env_settings, init_settings)
+
+    @field_validator("model_store")
+    @classmethod
+    def _store_location(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme.lower()
+        if location_kind(value) == "folder" and scheme not in ("", "file") and len(scheme) > 1:
+            # len > 1: "C:" of a Windows path is no scheme
+            raise ValueError(f"scheme {scheme}:// is none of a folder, file://, {', '.join(OBJECT_SCHEMES)}")
+        return value
 
     @model_validator(mode="after")
     def _transactions(self) -> Settings:

@@ -1,10 +1,10 @@
 """``rtml-worker score | validate | explain``: offline scoring and graph checks from the command line.
 
-* ``score GRAPH --input FILE [--models DIR] [--batch-size N]`` prints one JSON line per input event, in input
-  order: the score record, or ``{"error": {...}}`` for a rejected event; a summary goes to stderr.
-* ``validate GRAPH [--models DIR]`` compiles the graph (every node, every model) without scoring: prints
+* ``score GRAPH --input FILE [--models STORE] [--batch-size N]`` prints one JSON line per input event, in
+  input order: the score record, or ``{"error": {...}}`` for a rejected event; a summary goes to stderr.
+* ``validate GRAPH [--models STORE]`` compiles the graph (every node, every model) without scoring: prints
   ``ok`` and exits 0, or exits 2 with the ``GraphError``/``ModelError`` message.
-* ``explain GRAPH [--models DIR] [--json]`` prints each node's input and output columns with their types.
+* ``explain GRAPH [--models STORE] [--json]`` prints each node's input and output columns with their types.
 
 Graph and model errors are ``ConfigError``s, which ``worker.cli.main`` prints and turns into exit code 2.
 """
