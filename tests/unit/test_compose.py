@@ -86,3 +86,24 @@ def test_the_image_and_the_worker_serve_metrics_beyond_loopback(compose: dict[st
             env.update(item.split("=", 1) for item in line.split()[1:])
     assert env["RTML_METRICS_HOST"] == "0.0.0.0"
     assert compose["services"]["worker"]["environment"]["RTML_METRICS_HOST"] == "0.0.0.0"
+
+
+def test_the_models_live_in_the_object_store_that_trainer_and_worker_share(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    s3 = services["s3"]
+    assert s3["image"] == f"andrewgaul/s3proxy:{_script_constant('S3PROXY_VERSION')}"
+    assert s3["environment"]["JCLOUDS_PROVIDER"] == "filesystem"
+    assert "/data/rtml" in " ".join(s3["entrypoint"])  # the bucket exists before anything writes to it
+    trainer, worker = services["trainer"], services["worker"]
+    assert trainer["entrypoint"][trainer["entrypoint"].index("--models") + 1] == "s3://rtml/models"
+    assert worker["environment"]["RTML_MODEL_STORE"] == "s3://rtml/models"
+    for env in (trainer["environment"], worker["environment"]):
+        assert env["AWS_ENDPOINT_URL"] == "http://s3:8080" and env["AWS_ALLOW_HTTP"] == "true"
+        assert env["AWS_ACCESS_KEY_ID"] == s3["environment"]["S3PROXY_IDENTITY"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == s3["environment"]["S3PROXY_CREDENTIAL"]
+
+
+def _script_constant(name: str) -> str:
+    match = re.search(rf'^{name} = "([^"]+)"', (ROOT / "scripts" / "services.py").read_text(), re.M)
+    assert match is not None, name
+    return match.group(1)
