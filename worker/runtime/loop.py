@@ -21,7 +21,8 @@ One turn, in order:
   6. settle: commit what was delivered, or start a rewind (at-least-once);
   7. pause or resume the partitions (``Flow.update``); report the lag every ``LAG_EVERY_S``.
 One batch, in order:
-  1. a pipeline handed to ``swap_pipeline`` takes over (the sink's lineage headers with it);
+  1. a pipeline handed to ``swap_pipeline`` takes over (the sink's lineage headers with it), and the
+     future ``swap_pipeline`` returned says so;
   2. if the breaker is open, nothing more is produced or committed;
   3. every segment (the batch cut around suspects) goes through the pipeline before anything is produced: a
      registry outage keeps the whole batch, which waits (partitions paused, not ready) and is retried with
@@ -37,6 +38,7 @@ import logging
 import signal
 import threading
 import time
+from concurrent.futures import Future
 from types import FrameType
 
 import numpy as np
@@ -51,6 +53,7 @@ from worker.runtime.config import Settings
 from worker.runtime.context import Context, DeliveryMode
 from worker.runtime.delivery import AtLeastOnce
 from worker.runtime.flow import Flow
+from worker.runtime.handover import Handover
 from worker.runtime.health import Health
 from worker.runtime.intake import TP, Intake
 from worker.runtime.metrics import Metrics
@@ -96,7 +99,7 @@ class Worker:
         self.delivery = self._delivery_mode()
         self.rebalance = Rebalance(self.ctx, self.delivery)
         self.stopping = False
-        self._next_pipeline: Pipeline | None = None
+        self._handover: Handover[Pipeline] = Handover()
         self._registry_retry_at: float | None = None  # set while a batch waits for the registry
         self._registry_backoff = Backoff()
         self._last_lag = 0.0
@@ -144,9 +147,11 @@ class Worker:
             self._close()
         return code
 
-    def swap_pipeline(self, pipeline: Pipeline) -> None:
-        """Use ``pipeline`` from the next batch on (a new deployment); safe to call from another thread."""
-        self._next_pipeline = pipeline
+    def swap_pipeline(self, pipeline: Pipeline) -> Future[bool]:
+        """Use ``pipeline`` from the next batch on (a new deployment); safe to call from another thread.
+
+        The future is True once the loop uses it, False if another swap replaced it before that."""
+        return self._handover.offer(pipeline)
 
     def stop(self) -> None:
         self.stopping = True
@@ -239,8 +244,9 @@ class Worker:
         self._process_or_wait(*self.intake.take())
 
     def _process(self, batch: list[Message], received: list[float]) -> None:
-        if self._next_pipeline is not None:
-            self._use(self._next_pipeline)
+        if (offered := self._handover.take()) is not None:
+            self._use(offered[0])
+            offered[1].set_result(True)
         if self.ctx.breaker.open:
             return  # tripped: nothing more goes out or gets committed
         started = time.perf_counter()
@@ -267,7 +273,7 @@ class Worker:
         return meta, result
 
     def _use(self, pipeline: Pipeline) -> None:
-        self.pipeline, self._next_pipeline = pipeline, None
+        self.pipeline = pipeline
         self.ctx.sink.use_graph(pipeline.graph)
         log.info("new graph in use", extra={"graph_digest": pipeline.graph.digest})
 
