@@ -17,6 +17,7 @@ COMMANDS: tuple[str, ...] = (
     "worker.graph_cli",
     "worker.scoring.cli",
     "worker.runtime.cli",
+    "worker.deploy.cli",
 )
 
 

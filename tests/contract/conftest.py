@@ -53,7 +53,7 @@ DEFAULT_S3 = {
 
 @pytest.fixture
 def s3_location(monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh prefix of the S3Proxy bucket (``s3://rtml/test-<uuid>``); fails, never skips, without S3Proxy."""
+    """A fresh prefix of the S3Proxy bucket (``s3://rtml/test-<uuid>``); fails, never skips, without it."""
     for key, value in DEFAULT_S3.items():
         if key not in os.environ:
             monkeypatch.setenv(key, value)
@@ -62,7 +62,9 @@ def s3_location(monkeypatch: pytest.MonkeyPatch) -> str:
     try:
         ObjectBlobs(location).list()
     except ModelError as exc:
-        pytest.fail(f"S3Proxy not reachable at {os.environ['AWS_ENDPOINT_URL']} ({exc}): start `make services`")
+        pytest.fail(
+            f"S3Proxy not reachable at {os.environ['AWS_ENDPOINT_URL']} ({exc}): start `make services`"
+        )
     return location
 
 

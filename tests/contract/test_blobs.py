@@ -27,7 +27,7 @@ def test_a_second_put_replaces_the_bytes_whole(store_location: str) -> None:
 
 def test_a_missing_key_is_blob_missing_and_has_no_info(store_location: str) -> None:
     blobs = open_blobs(store_location)
-    with pytest.raises(BlobMissing, match="nothing.onnx is not in"):
+    with pytest.raises(BlobMissing, match=r"nothing\.onnx is not in"):
         blobs.get("nothing.onnx")
     assert blobs.info("nothing.onnx") is None
 

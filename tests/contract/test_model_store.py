@@ -1,4 +1,4 @@
-"""The model store on each backend: content addressing, the read-through cache, and refusing tampered bytes."""
+"""The model store on each backend: content addressing, the read-through cache, refusing tampered bytes."""
 
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ from worker.deploy.records import (
     new_version_id,
     version_key,
 )
+from worker.deploy.settings import Control
 from worker.deploy.topic import ensure_topic, read_table, write
 from worker.errors import ConfigError
 from worker.graph.compile import compile_graph, load_graph
@@ -92,25 +93,25 @@ def prepare(
     return Prepared(record, compiled)
 
 
-def publish(config: Mapping[str, Any], topic: str, prepared: Prepared) -> Published:
+def publish(control: Control, prepared: Prepared) -> Published:
     """Write the version, then point the deployment at it; the version active before is its parent."""
-    ensure_topic(config, topic)
-    table, _ = read_table(config, topic)
+    ensure_topic(control.write, control.topic)
+    table, _ = read_table(control.read, control.topic)
     existing = table.get(prepared.record.deployment)
     before = existing.active_version() if existing is not None else None
     parent = before.version_id if before is not None else None
     record = prepared.record.model_copy(update={"parent": parent})
     pointer = ActiveRecord(deployment=record.deployment, version_id=record.version_id, updated_at=_now())
-    write(config, topic, [record, pointer])
-    table, _ = read_table(config, topic)
+    write(control.write, control.topic, [record, pointer])
+    table, _ = read_table(control.read, control.topic)
     deployment = table.get(record.deployment)
     number = deployment.number(record.version_id) if deployment is not None else 0
     return Published(record.deployment, record.version_id, number, parent)
 
 
-def rollback(config: Mapping[str, Any], topic: str, name: str, to: int | None = None) -> Published:
+def rollback(control: Control, name: str, to: int | None = None) -> Published:
     """Point ``name`` at version number ``to``, or at the active version's parent."""
-    table, _ = read_table(config, topic)
+    table, _ = read_table(control.read, control.topic)
     deployment = table.get(name)
     active = deployment.active_version() if deployment is not None else None
     if deployment is None or active is None:
@@ -127,18 +128,18 @@ def rollback(config: Mapping[str, Any], topic: str, name: str, to: int | None = 
     pointer = ActiveRecord(
         deployment=name, version_id=target.version_id, updated_at=_now(), reason="rollback"
     )
-    write(config, topic, [pointer])
+    write(control.write, control.topic, [pointer])
     return Published(name, target.version_id, deployment.number(target.version_id), active.version_id)
 
 
-def delete(config: Mapping[str, Any], topic: str, name: str) -> int:
+def delete(control: Control, name: str) -> int:
     """Tombstones for ``name``'s pointer and every version; returns how many versions it had."""
-    table, _ = read_table(config, topic)
+    table, _ = read_table(control.read, control.topic)
     deployment = table.get(name)
     if deployment is None:
         raise ConfigError(f"no deployment named {name}", field="deployment")
     keys = [active_key(name), *(version_key(name, vid) for vid in deployment.versions)]
-    write(config, topic, [(key, None) for key in keys])
+    write(control.write, control.topic, [(key, None) for key in keys])
     return len(deployment.versions)
 
 

@@ -51,12 +51,16 @@ def ensure_topic(config: Mapping[str, Any], topic: str, timeout_s: float = _TIME
 
 
 def read_table(config: Mapping[str, Any], topic: str, timeout_s: float = _TIMEOUT_S) -> tuple[Table, int]:
-    """The topic read from its start to its end now: the table, and the offset to follow from."""
+    """The topic read from its start to its end now: the table, and the offset to follow from (an absent
+    topic is an empty table)."""
     consumer = Consumer({**config, "group.id": "rtml-deployments-reader", "enable.auto.commit": False,
                          "enable.partition.eof": False, "isolation.level": "read_committed"})  # fmt: skip
     try:
-        end = _end_offset(consumer, topic, timeout_s)
         table = Table()
+        known = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if known is None or known.error is not None:
+            return table, 0  # nothing published yet: the first publish makes the topic
+        end = _end_offset(consumer, topic, timeout_s)
         if end == 0:
             return table, 0
         consumer.assign([TopicPartition(topic, 0, 0)])

@@ -16,7 +16,7 @@ import itertools
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -328,6 +328,11 @@ class DeadLetterSettings(_Strict):
     topic: str
 
 
+class DeploymentsSettings(_Strict):
+    # The compacted topic of every deployment's versions (worker.deploy), made at the first publish.
+    topic: str = Field("_rtml_deployments", min_length=1)
+
+
 class BatchSettings(_Strict):
     max_records: int = Field(1000, ge=1, le=100_000)
     # 0: natural batching, a batch is what arrived while the previous one was processed (lowest latency;
@@ -350,6 +355,15 @@ _TRANSACTIONAL_ID_REQUIRED = (
 )
 
 
+def check_store_location(value: str) -> str:
+    """A model store location: a folder, ``file://``, or an object-store URL (see worker.models.blobs)."""
+    scheme = urlsplit(value).scheme.lower()
+    if location_kind(value) == "folder" and scheme not in ("", "file") and len(scheme) > 1:
+        # len > 1: "C:" of a Windows path is no scheme
+        raise ValueError(f"scheme {scheme}:// is none of a folder, file://, {', '.join(OBJECT_SCHEMES)}")
+    return value
+
+
 class Settings(BaseSettings):
     """Everything ``rtml-worker run`` needs. Field names are the keys of the TOML file."""
 
@@ -368,6 +382,7 @@ class Settings(BaseSettings):
     # the cloud's standard environment variables and files, never from this value).
     model_store: str = Field(".models", min_length=1)
     model_cache: Path | None = None  # an object store's local read-through cache (default: see ModelStore)
+    deployments: DeploymentsSettings = DeploymentsSettings()
     allow_custom_domains: bool = False
     intra_op_num_threads: int = Field(1, ge=1)
     delivery: Literal["at-least-once", "exactly-once"] = "at-least-once"
@@ -403,14 +418,7 @@ class Settings(BaseSettings):
         # Environment first, then the values from the file (passed as init kwargs by `load_settings`).
         return (env_settings, init_settings)
 
-    @field_validator("model_store")
-    @classmethod
-    def _store_location(cls, value: str) -> str:
-        scheme = urlsplit(value).scheme.lower()
-        if location_kind(value) == "folder" and scheme not in ("", "file") and len(scheme) > 1:
-            # len > 1: "C:" of a Windows path is no scheme
-            raise ValueError(f"scheme {scheme}:// is none of a folder, file://, {', '.join(OBJECT_SCHEMES)}")
-        return value
+    _store = field_validator("model_store")(check_store_location)
 
     @model_validator(mode="after")
     def _transactions(self) -> Settings:
@@ -459,6 +467,14 @@ class Settings(BaseSettings):
 
 def load_settings(path: Path | None = None) -> Settings:
     """Read and validate the settings; ConfigError names the first bad field. Called once at start."""
+    return load_as(Settings, path)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_as(cls: type[S], path: Path | None = None) -> S:
+    """The settings of ``cls`` from the TOML file at ``path`` and the environment (which wins)."""
     values: dict[str, Any] = {}
     if path is not None:
         try:
@@ -468,7 +484,7 @@ def load_settings(path: Path | None = None) -> Settings:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}", field="--config") from exc
     try:
-        return Settings(**values)
+        return cls(**values)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
     except SettingsError as exc:  # a variable that does not parse, e.g. bad JSON in RTML_KAFKA__EXTRA

@@ -1,0 +1,90 @@
+"""What the ``deploy`` commands read: the replicas' own settings file and ``RTML_*`` variables.
+
+Only the parts a deploy command needs are taken (the broker and its security, the registry, the model
+store, the deployment topic, the schemas); the rest of a replica's file (group, topics, batch, ...) is
+ignored rather than required, so one file serves the replicas and the person who deploys to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from worker.models import ModelStore
+from worker.runtime.config import (
+    DeploymentsSettings,
+    KafkaSettings,
+    RegistrySettings,
+    check_store_location,
+    load_as,
+)
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class _Input(_Loose):
+    reader_schema: Path | None = None
+
+
+class _Output(_Loose):
+    topic: str | None = None
+    schema_path: Path | None = Field(None, alias="schema")
+
+
+class DeploySettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RTML_", env_nested_delimiter="__", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    schema_registry: RegistrySettings = RegistrySettings()
+    model_store: str = Field(".models", min_length=1)
+    model_cache: Path | None = None
+    allow_custom_domains: bool = False
+    deployments: DeploymentsSettings = DeploymentsSettings()
+    input: _Input = _Input()
+    output: _Output = _Output()
+
+    _store = field_validator("model_store")(check_store_location)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)  # as the worker's: the environment wins over the file
+
+    def store(self) -> ModelStore:
+        return ModelStore(
+            self.model_store, cache=self.model_cache, allow_custom_domains=self.allow_custom_domains
+        )
+
+    def control(self) -> Control:
+        return Control(
+            self.deployments.topic,
+            self.kafka.client_config("consumer"),
+            self.kafka.client_config("producer"),
+        )
+
+
+@dataclass(frozen=True)
+class Control:
+    """The deployment topic and the client settings to read and to write it."""
+
+    topic: str
+    read: dict[str, Any]
+    write: dict[str, Any]
+
+
+def load_deploy_settings(path: Path | None) -> DeploySettings:
+    return load_as(DeploySettings, path)
