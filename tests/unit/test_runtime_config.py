@@ -162,10 +162,31 @@ def test_missing_fields_are_each_named(monkeypatch: pytest.MonkeyPatch) -> None:
         ("input", "RTML_INPUT"),
         ("output", "RTML_OUTPUT"),
         ("dead_letter", "RTML_DEAD_LETTER"),
-        ("graph", "RTML_GRAPH"),
     ]:
         assert f"{field}: Field required (env {variable})" in message
     assert "group_id" not in message
+
+
+def test_a_graph_file_or_a_deployment_exactly_one(tmp_path: Path) -> None:
+    neither = error_of(config(tmp_path, base=BASE.replace('graph = "graphs/iris.json"', "")))
+    assert "graph: exactly one of graph (a file) and deployment (a name) is needed" in str(neither)
+    both = error_of(top_level(tmp_path, 'deployment = "cars"'))
+    assert "exactly one of graph" in str(both)
+
+
+def test_a_deployments_replica_needs_no_graph_or_schemas(tmp_path: Path) -> None:
+    base = BASE.replace('graph = "graphs/iris.json"', 'deployment = "cars"')
+    base = base.replace('reader_schema = "schemas/in.avsc"\n', "").replace(
+        'schema = "schemas/out.avsc"\n', ""
+    )
+    s = load_settings(config(tmp_path, base=base + '\n[deployments]\ntopic = "_cars"\n'))
+    assert (s.deployment, s.graph, s.deployments.topic) == ("cars", None, "_cars")
+    assert s.input.reader_schema is None and s.output.schema_path is None
+
+
+def test_a_graph_file_needs_both_schemas(tmp_path: Path) -> None:
+    error = error_of(config(tmp_path, base=BASE.replace('reader_schema = "schemas/in.avsc"\n', "")))
+    assert "input.reader_schema: required with graph" in str(error)
 
 
 def test_a_bad_value_from_the_environment_names_its_variable(

@@ -25,7 +25,7 @@ def settings(**registry: Any) -> Settings:
 
 
 def failing(errors: list[Exception]) -> Any:
-    def build(_settings: Settings, _registry: Any) -> str:
+    def build() -> str:
         if errors:
             raise errors.pop(0)
         return "pipeline"
@@ -35,24 +35,20 @@ def failing(errors: list[Exception]) -> Any:
 
 def test_a_registry_down_at_start_is_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
     down = RegistryDown("no registry answers", field="schema_registry.url")
-    monkeypatch.setattr(cli, "build_pipeline", failing([down, down]))
     sleeps: list[float] = []
-    assert cli._build_waiting(settings(), sleep=sleeps.append) == "pipeline"  # type: ignore[comparison-overlap]
+    assert cli._build_waiting(settings(), failing([down, down]), sleep=sleeps.append) == "pipeline"
     assert sleeps == [0.5, 1.0]
 
 
 def test_waiting_for_the_registry_at_start_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        cli, "build_pipeline", failing([RegistryDown("down", field="schema_registry.url")] * 9)
-    )
+    down = failing([RegistryDown("down", field="schema_registry.url")] * 9)
     with pytest.raises(RegistryDown, match=r"schema_registry\.url"):
-        cli._build_waiting(settings(startup_timeout_s=0), sleep=lambda _s: None)
+        cli._build_waiting(settings(startup_timeout_s=0), down, sleep=lambda _s: None)
 
 
 def test_a_wrong_registry_is_not_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
     wrong = ConfigError("no Confluent-compatible registry answers", field="schema_registry.url")
-    monkeypatch.setattr(cli, "build_pipeline", failing([wrong]))
     sleeps: list[float] = []
     with pytest.raises(ConfigError, match="Confluent-compatible"):
-        cli._build_waiting(settings(), sleep=sleeps.append)
+        cli._build_waiting(settings(), failing([wrong]), sleep=sleeps.append)
     assert sleeps == []

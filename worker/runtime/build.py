@@ -6,8 +6,11 @@ joins its consumer group, with a ``ConfigError`` naming the field or node.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from worker.avro.decoder import BatchDecoder
 from worker.avro.encoder import ScoreEncoder
@@ -46,36 +49,61 @@ def _schema(path: object, field: str) -> AvroSchema:
         raise ConfigError(f"cannot load Avro schema {path}: {exc}", field=field) from exc
 
 
+@dataclass(frozen=True)
+class GraphSource:
+    """Where a pipeline's graph and its schemas come from: the settings' files, or a deployment's version."""
+
+    graph: Path | Mapping[str, Any]
+    reader: AvroSchema
+    output: AvroSchema
+    deployment: str | None = None  # "<name>@<version>" for a deployment's version, None for a file
+
+    @staticmethod
+    def of_settings(settings: Settings) -> GraphSource:
+        if settings.graph is None:
+            raise ConfigError("no graph file: a deployment's replica builds from its version", field="graph")
+        reader = _schema(settings.input.reader_schema, "input.reader_schema")
+        output = _schema(settings.output.schema_path, "output.schema")
+        return GraphSource(settings.graph, reader, output)
+
+
 def build_pipeline(
     settings: Settings,
     registry: SchemaRegistryClient | None,
     *,
+    source: GraphSource | None = None,
     dry_run: bool = False,
 ) -> Pipeline:
     """Decoder, compiled graph and encoder for ``settings``; may block on the registry and model loading.
 
-    ``dry_run`` (``run --check``) registers nothing: the encoder of an output schema not registered yet has
-    no id (see ``ScoreEncoder.for_topic``), and such a pipeline is for checking only.
+    ``source`` is the graph and schemas (the settings' files by default). ``dry_run`` (``run --check``)
+    registers nothing: the encoder of an output schema not registered yet has no id (see
+    ``ScoreEncoder.for_topic``), and such a pipeline is for checking only.
     """
-    reader = _schema(settings.input.reader_schema, "input.reader_schema")
+    source = source or GraphSource.of_settings(settings)
+    reader = source.reader
     limits = Limits()
     if settings.input.framing == "confluent":
         if registry is None:
             raise ConfigError("Confluent framing needs a registry url", field="schema_registry.url")
         decoder = BatchDecoder(reader, registry=registry, limits=limits)
     else:
-        writer = _schema(settings.input.writer_schema or settings.input.reader_schema, "input.writer_schema")
+        writer = (
+            _schema(settings.input.writer_schema, "input.writer_schema")
+            if settings.input.writer_schema
+            else reader
+        )
         decoder = BatchDecoder(reader, writer=writer, limits=limits)
     store = ModelStore(
         settings.model_store, cache=settings.model_cache, allow_custom_domains=settings.allow_custom_domains
     )
     graph = compile_graph(
-        load_graph(settings.graph),
+        load_graph(source.graph),
         store,
         intra_op_num_threads=settings.intra_op_num_threads,
         allow_custom_domains=settings.allow_custom_domains,
     )
-    score_schema = _schema(settings.output.schema_path, "output.schema")
+    score_schema = source.output
     check_outputs(score_schema, graph.outputs)  # before the schema is registered anywhere
     if registry is not None and uses_registry(settings):
         with registry_errors(settings):
@@ -89,7 +117,7 @@ def build_pipeline(
                                              auto_register=auto_register, dry_run=dry_run)  # fmt: skip
     else:
         encoder = ScoreEncoder(score_schema)
-    return Pipeline(decoder, graph, encoder)
+    return Pipeline(decoder, graph, encoder, source.deployment)
 
 
 def uses_registry(settings: Settings) -> bool:

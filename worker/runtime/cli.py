@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from worker.avro.registry import display_url
+from worker.avro.registry import SchemaRegistryClient, display_url
 from worker.errors import ConfigError
 from worker.runtime.backoff import Backoff
-from worker.runtime.build import RegistryDown, build_pipeline, registry_client, uses_registry
+from worker.runtime.build import GraphSource, RegistryDown, build_pipeline, registry_client, uses_registry
 from worker.runtime.clients import KafkaClients
 from worker.runtime.config import Settings, load_settings
 from worker.runtime.health import Health, HealthServer
@@ -69,9 +69,18 @@ def serve(
     harnesses that inject faults around the real worker (tests/chaos).
     """
     metrics = Metrics()
-    pipeline = _build_waiting(settings)
-    if prepare is not None:
-        pipeline = prepare(pipeline)
+    registry = registry_client(settings)
+    follower = None
+    if settings.deployment is not None:
+        from worker.deploy.follow import Follower  # only a deployment's replica reads the deployment topic
+
+        build = _preparing(settings, registry, prepare)
+        follower = Follower(settings, lambda source: _build_waiting(settings, lambda: build(source)))
+        pipeline = follower.start()
+    else:
+        pipeline = _build_waiting(settings, lambda: build_pipeline(settings, registry))
+        if prepare is not None:
+            pipeline = prepare(pipeline)
     wait_for_broker(settings)  # bounded: a broker that never answers is one line, not a retry loop
     # No batch larger than the output topics take: the broker would refuse it whole.
     settings = fit_to_topics(settings, admin_client(settings, "producer", lambda _error: None))
@@ -83,19 +92,41 @@ def serve(
     with HealthServer(health, metrics, settings.metrics_host, settings.metrics_port) as server:
         log.info("http server listening", extra={"port": server.port, "host": settings.metrics_host})
         started = {"group_id": settings.group_id, "topics": settings.input.topics,
-                   "delivery": settings.delivery, "graph_digest": pipeline.graph.digest}  # fmt: skip
+                   "delivery": settings.delivery, "graph_digest": pipeline.graph.digest,
+                   "deployment": pipeline.deployment}  # fmt: skip
         log.info("starting", extra=started)
-        return Worker(settings, pipeline, metrics, health, clients).run()
+        worker = Worker(settings, pipeline, metrics, health, clients)
+        if follower is not None:
+            follower.follow(worker.swap_pipeline, health.set_fatal)
+        try:
+            return worker.run()
+        finally:
+            if follower is not None:
+                follower.stop()
 
 
-def _build_waiting(settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> Pipeline:
+def _preparing(
+    settings: Settings, registry: SchemaRegistryClient | None, prepare: Callable[[Pipeline], Pipeline] | None
+) -> Callable[[GraphSource], Pipeline]:
+    """How a deployment's replica builds a version (with the harness's ``prepare`` applied to each)."""
+
+    def build(source: GraphSource) -> Pipeline:
+        pipeline = build_pipeline(settings, registry, source=source)
+        return prepare(pipeline) if prepare is not None else pipeline
+
+    return build
+
+
+def _build_waiting(
+    settings: Settings, build: Callable[[], Pipeline], *, sleep: Callable[[float], None] = time.sleep
+) -> Pipeline:
     """The pipeline; while no registry answers, tried again up to ``schema_registry.startup_timeout_s``, so
     a replica restarted during a registry outage waits for it instead of crash-looping."""
     deadline = time.monotonic() + settings.schema_registry.startup_timeout_s
     backoff = Backoff(first_s=0.5, max_s=5.0)
     while True:
         try:
-            return build_pipeline(settings, registry_client(settings))
+            return build()
         except RegistryDown as exc:
             delay = backoff.next()
             if time.monotonic() + delay > deadline:
@@ -110,7 +141,14 @@ def check(settings: Settings, *, online: bool) -> int:
 
     Kafka is contacted only when ``online``, and then only described (see ``preflight.check_online``).
     """
-    pipeline = build_pipeline(settings, registry_client(settings), dry_run=True)
+    registry = registry_client(settings)
+    source = None
+    if settings.deployment is not None:
+        from worker.deploy.follow import read_active, version_source
+
+        table, _, version = read_active(settings)
+        source = version_source(table, version)
+    pipeline = build_pipeline(settings, registry, source=source, dry_run=True)
     for line in _report(settings, pipeline):
         print(f"ok: {line}", flush=True)
     if not online:
@@ -123,10 +161,11 @@ def check(settings: Settings, *, online: bool) -> int:
 
 def _report(settings: Settings, pipeline: Pipeline) -> list[str]:
     graph, output = pipeline.graph, settings.output
+    where = f"of {pipeline.deployment}" if pipeline.deployment else str(output.schema_path)
     models = ", ".join(graph.model_ids) or "none"
     lines = [
         f"graph {graph.spec.name} ({graph.digest[:12]}), models {models}",
-        f"output schema {output.schema_path} fits the graph's {len(graph.outputs)} outputs",
+        f"output schema {where} fits the graph's {len(graph.outputs)} outputs",
     ]
     if uses_registry(settings):
         lines.append(f"schema_registry.url {display_url(settings.schema_registry.url or '')} answers")

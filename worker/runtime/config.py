@@ -306,7 +306,9 @@ class RegistrySettings(_Strict):
 
 class InputSettings(_Strict):
     topics: Annotated[list[str], NoDecode] = Field(min_length=1)
-    reader_schema: Path  # the graph's input contract: every writer schema is resolved to it
+    # The graph's input contract: every writer schema is resolved to it. With `deployment` the version's own
+    # is used, and this one only as the default of `deploy publish --reader-schema`.
+    reader_schema: Path | None = None
     framing: Literal["confluent", "plain"] = "confluent"
     writer_schema: Path | None = None  # plain framing: the producers' schema (default: the reader schema)
 
@@ -315,7 +317,7 @@ class InputSettings(_Strict):
 
 class OutputSettings(_Strict):
     topic: str
-    schema_path: Path = Field(alias="schema")
+    schema_path: Path | None = Field(None, alias="schema")  # with `deployment`: as reader_schema
     framing: Literal["confluent", "plain"] = "confluent"
     # "source": the score goes to the input's partition number (mod the output's count), which keeps every
     # input partition's order and key locality; "key": librdkafka's partitioner on the carried-over key.
@@ -377,7 +379,9 @@ class Settings(BaseSettings):
     input: InputSettings
     output: OutputSettings
     dead_letter: DeadLetterSettings
-    graph: Path
+    # The graph file, or the deployment (worker.deploy) whose active version the replica follows: one of them.
+    graph: Path | None = None
+    deployment: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$")
     # A folder, or object storage shared by machines: s3://bucket/prefix, gs://..., az://... (credentials from
     # the cloud's standard environment variables and files, never from this value).
     model_store: str = Field(".models", min_length=1)
@@ -419,6 +423,17 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
     _store = field_validator("model_store")(check_store_location)
+
+    @model_validator(mode="after")
+    def _graph_or_deployment(self) -> Settings:
+        if (self.graph is None) == (self.deployment is None):
+            raise _Refused("graph", "exactly one of graph (a file) and deployment (a name) is needed")
+        if self.graph is not None:
+            for name, value in (("input.reader_schema", self.input.reader_schema),
+                                ("output.schema", self.output.schema_path)):  # fmt: skip
+                if value is None:
+                    raise _Refused(name, "required with graph (a deployment's version carries its own)")
+        return self
 
     @model_validator(mode="after")
     def _transactions(self) -> Settings:

@@ -22,12 +22,21 @@ ERRORS = "rtml.errors."
 
 
 OFFSET = "rtml.source.offset"
+DEPLOYMENT = "rtml.deployment"
 TRUNCATED = ERRORS + "value.truncated"
 
 
-def lineage_constants(graph_digest: str, model_ids: Sequence[str]) -> list[Header]:
-    """The headers shared by every score of one graph: built once per graph, not per event."""
-    return [("rtml.graph.digest", graph_digest.encode()), ("rtml.model.ids", ",".join(model_ids).encode())]
+def lineage_constants(
+    graph_digest: str, model_ids: Sequence[str], deployment: str | None = None
+) -> list[Header]:
+    """The headers shared by every score of one graph: built once per graph, not per event.
+
+    ``deployment`` (``<name>@<version>``) names the deployment's version the graph is, when it is one."""
+    constants = [
+        ("rtml.graph.digest", graph_digest.encode()),
+        ("rtml.model.ids", ",".join(model_ids).encode()),
+    ]
+    return [*constants, (DEPLOYMENT, deployment.encode())] if deployment else constants
 
 
 def source(topic: str, partition: int) -> tuple[Header, Header]:

@@ -92,7 +92,7 @@ class Worker:
         assigned: set[TP] = set()
         self.intake = Intake(self.consumer, settings.batch, assigned)
         self.flow = Flow(self.consumer, assigned, metrics, health, settings.batch.max_in_flight)
-        sink = Sink(settings, producer, metrics, pipeline.graph)
+        sink = Sink(settings, producer, metrics, pipeline.graph, pipeline.deployment)
         breaker, suspects = CircuitBreaker(settings.breaker), Suspects(metrics)
         self.ctx = Context(settings, self.consumer, producer, sink, breaker, metrics, health, self.flow,
                            self.intake, suspects, assigned, self._renew_producer)  # fmt: skip
@@ -274,8 +274,9 @@ class Worker:
 
     def _use(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
-        self.ctx.sink.use_graph(pipeline.graph)
-        log.info("new graph in use", extra={"graph_digest": pipeline.graph.digest})
+        self.ctx.sink.use_graph(pipeline.graph, pipeline.deployment)
+        extra = {"graph_digest": pipeline.graph.digest, "deployment": pipeline.deployment}
+        log.info("new graph in use", extra=extra)
 
     # --- the clients' callbacks -------------------------------------------------------------------------
 

@@ -101,6 +101,7 @@ class Pipeline:
         decoder: BatchDecoder,
         graph: CompiledGraph,
         encoder: ScoreEncoder,
+        deployment: str | None = None,
     ) -> None:
         check_inputs(decoder.leaves, graph.inputs)
         check_outputs(encoder.schema, graph.outputs)
@@ -108,6 +109,7 @@ class Pipeline:
         self.framed = decoder.framing == "confluent"
         self.graph = graph
         self.encoder = encoder
+        self.deployment = deployment  # "<name>@<version>" when the graph is a deployment's version
 
     def process(self, meta: Meta, on_node: Callable[[str, float], None] | None = None) -> Processed:
         """Score one batch (no message carries an error); never raises for a bad row."""

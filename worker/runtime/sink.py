@@ -78,18 +78,23 @@ class Sink:
     """Produces a batch's outputs with the loop's producer; owns the lineage headers of the graph in use."""
 
     def __init__(
-        self, settings: Settings, producer: ProducerClient, metrics: Metrics, graph: CompiledGraph
+        self,
+        settings: Settings,
+        producer: ProducerClient,
+        metrics: Metrics,
+        graph: CompiledGraph,
+        deployment: str | None = None,
     ) -> None:
         self.settings = settings
         self.producer = producer
         self.metrics = metrics
         self.max_bytes = int(settings.producer_config().get("message.max.bytes", 1_000_000))
         self._out_partitions: int | None = None
-        self.use_graph(graph)
+        self.use_graph(graph, deployment)
 
-    def use_graph(self, graph: CompiledGraph) -> None:
+    def use_graph(self, graph: CompiledGraph, deployment: str | None = None) -> None:
         """Lineage headers of the graph now in use (a new deployment swaps it at a batch boundary)."""
-        self._lineage = headers.lineage_constants(graph.digest, graph.model_ids)
+        self._lineage = headers.lineage_constants(graph.digest, graph.model_ids, deployment)
         self._tails: dict[bytes, tuple[headers.Header, ...]] = {}
 
     def send(

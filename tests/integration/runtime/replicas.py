@@ -31,7 +31,8 @@ LOG_TAIL_LINES = 40
 
 
 def write_config(path: Path, settings: Mapping[str, Any]) -> Path:
-    """Write ``settings`` (nested dicts of str, int, float, bool and lists) as TOML to ``path``."""
+    """Write ``settings`` (nested dicts of str, int, float, bool and lists) as TOML to ``path``; a key whose
+    value is None is left out (its default applies)."""
     lines: list[str] = []
     _toml_table(lines, [], settings)
     path.write_text("\n".join(lines) + "\n")
@@ -41,7 +42,7 @@ def write_config(path: Path, settings: Mapping[str, Any]) -> Path:
 def _toml_table(lines: list[str], prefix: list[str], table: Mapping[str, Any]) -> None:
     tables = {k: v for k, v in table.items() if isinstance(v, Mapping)}
     for key, value in table.items():
-        if key not in tables:
+        if key not in tables and value is not None:
             lines.append(f"{json.dumps(key)} = {_toml_value(value)}")
     for key, value in tables.items():
         lines.append(f"\n[{'.'.join(json.dumps(p) for p in [*prefix, key])}]")

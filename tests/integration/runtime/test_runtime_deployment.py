@@ -1,0 +1,133 @@
+"""Replicas that follow a deployment: the active version at start, a new one hot-swapped on every replica,
+and versions a replica cannot use refused while it keeps scoring. Checked by the shared verifier."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+from harness import EVENT_SCHEMA, SCORE_SCHEMA, plan_events, produce
+from scenario import CarModels, Scenario
+from test_runtime_delivery import finish
+from verifier import collect_and_verify, describe
+
+from worker.deploy.publish import prepare, publish
+from worker.deploy.records import ActiveRecord
+from worker.deploy.settings import Control
+from worker.deploy.topic import write
+from worker.models import ModelStore
+
+EVENTS = 600
+PARTITIONS = 4
+
+
+@pytest.fixture
+def control_topic(admin: AdminClient) -> Iterator[str]:
+    name = f"test-deployments-{uuid.uuid4().hex[:12]}"
+    yield name
+    if name in admin.list_topics(timeout=10).topics:
+        admin.delete_topics([name], operation_timeout=30)[name].result(timeout=30)
+
+
+def renamed(graph: Path, folder: Path, name: str) -> Path:
+    """The same graph under another name: the same scores, another digest."""
+    spec = json.loads(graph.read_text())
+    spec["name"] = name
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def wait_logged(s: Scenario, text: str, timeout_s: float = 60.0) -> None:
+    """Until every replica has logged a line containing ``text``."""
+    deadline = time.monotonic() + timeout_s
+    while not all(any(text in line for line in r.log_lines()) for r in s.fleet.replicas):
+        assert time.monotonic() < deadline, f"not every replica logged {text!r}\n{s.fleet.logs()}"
+        s.fleet.check()
+        time.sleep(0.2)
+
+
+def test_replicas_follow_a_deployment_and_swap_versions_without_loss(
+    scenario: Callable[..., Scenario], car_models: CarModels, control_topic: str, tmp_path: Path
+) -> None:
+    name = f"cars-{uuid.uuid4().hex[:8]}"
+    s = scenario(
+        partitions=PARTITIONS,
+        replicas=2,
+        settings={"graph": None, "deployment": name, "deployments": {"topic": control_topic}},
+    )
+    control = Control(
+        control_topic, {"bootstrap.servers": s.bootstrap_servers}, {"bootstrap.servers": s.bootstrap_servers}
+    )
+    store = ModelStore(car_models.store)
+    v2_graph = renamed(car_models.graph_path, tmp_path, "cars-v2")
+    v1 = publish(control, prepare(name, car_models.graph_path, EVENT_SCHEMA, SCORE_SCHEMA, store))
+
+    check = subprocess.run([sys.executable, "-m", "worker", "run", "--check", "--config", str(s.config)],
+                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert check.returncode == 0 and f"output schema of {name}@1 fits" in check.stdout, check.stderr
+
+    s.fleet.start()
+    s.fleet.wait_ready()
+    started = time.monotonic()
+    sources = {
+        p: dict(o)
+        for p, o in produce(
+            s.bootstrap_servers, s.input_topic, plan_events(s.graph, EVENTS, seed=31, schema_id=s.schema_id)
+        ).items()
+    }
+    first_end = {p: max(o) for p, o in sources.items()}
+
+    # A record written around the CLI, and a version whose model is not in the store: both refused.
+    producer = Producer({"bootstrap.servers": s.bootstrap_servers})
+    producer.produce(control_topic, key=f"{name}/active".encode(), value=b"{malformed")
+    producer.flush(10)
+    broken = prepare(name, car_models.graph_path, EVENT_SCHEMA, SCORE_SCHEMA, store).record
+    text = json.dumps(broken.graph)
+    for model in broken.models:  # a version naming models the store does not have
+        text = text.replace(model.model_id, "sha256:" + "0" * 64)
+    broken = broken.model_copy(update={"graph": json.loads(text)})
+    pointer = ActiveRecord(
+        deployment=name, version_id=broken.version_id, updated_at="2026-12-04T00:00:00+00:00"
+    )
+    write(control.write, control_topic, [broken, pointer])
+    wait_logged(s, "deployment version refused")
+
+    v2 = publish(control, prepare(name, v2_graph, EVENT_SCHEMA, SCORE_SCHEMA, store, message="renamed"))
+    wait_logged(s, f"{name}@3")  # the broken version is number 2 of the deployment, v2 number 3
+    for p, o in produce(
+        s.bootstrap_servers, s.input_topic, plan_events(s.graph, EVENTS, seed=32, schema_id=s.schema_id)
+    ).items():
+        sources.setdefault(p, {}).update(o)
+    finish(s, sources, started)
+
+    report, scores, _ = collect_and_verify(
+        s.bootstrap_servers,
+        s.registry_url,
+        sources,
+        input_topic=s.input_topic,
+        score_topic=s.score_topic,
+        dead_letter_topic=s.dead_letter_topic,
+        score_partitions=PARTITIONS,
+    )
+    print(describe(sources, report))
+    assert report.clean, report.render()
+    assert (v1.number, v2.number) == (1, 3)
+    by_source: dict[int, list[tuple[int, str | None]]] = {}
+    for out in scores:
+        where = out.source()
+        assert where is not None
+        by_source.setdefault(where[1], []).append((where[2], out.header("rtml.deployment")))
+    for partition, labelled in by_source.items():
+        labels = [label for _, label in sorted(labelled)]
+        offsets = [offset for offset, _ in sorted(labelled)]
+        expected = [f"{name}@1" if o <= first_end[partition] else f"{name}@3" for o in offsets]
+        assert labels == expected, f"partition {partition}: versions switch exactly after the first run"
