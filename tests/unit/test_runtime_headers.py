@@ -32,6 +32,12 @@ def test_lineage_names_the_source_and_what_computed_the_score() -> None:
     assert all(isinstance(v, bytes) for _, v in headers)
 
 
+def test_a_deployments_version_is_named_beside_the_digest() -> None:
+    constants = lineage_constants("d", ["m"], "cars@3")
+    assert constants[-1] == ("rtml.deployment", b"cars@3")
+    assert "rtml.deployment" not in dict(lineage_constants("d", ["m"]))  # a graph file names none
+
+
 def test_lineage_without_a_schema_id_and_without_models() -> None:
     headers = decode_headers(lineage(source("t", 0), 0, [*lineage_constants("d", []), *schema_id(b"")]))
     assert headers == {
