@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from worker.errors import GraphError
 from worker.graph.dsl import GraphSpec, OutputField, auto_id
 from worker.graph.onnx_node import ModelLoader
+from worker.graph.onnx_runtime import SessionCache
 from worker.graph.plan import CompileContext, Kernel, NodeInfo
 from worker.graph.runner import CompiledGraph, Convert, Key, OutputPlan, Step
 from worker.graph.types import ColType
@@ -82,13 +83,14 @@ def compile_graph(
     providers: Sequence[str] = ("CPUExecutionProvider",),
     intra_op_num_threads: int = 1,
     allow_custom_domains: bool = False,
+    sessions: SessionCache | None = None,
 ) -> CompiledGraph:
     """Validate ``spec`` completely and build its plan. Called once at start; may block while models load.
 
     Raises ``GraphError`` naming the node for every structural, type or model-fit problem; the model
-    loader's own ``ModelError`` passes through.
+    loader's own ``ModelError`` passes through. With ``sessions``, a model already open there is reused.
     """
-    ctx = CompileContext(models, tuple(providers), intra_op_num_threads, allow_custom_domains)
+    ctx = CompileContext(models, tuple(providers), intra_op_num_threads, allow_custom_domains, sessions)
     nodes = {}
     for node in spec.nodes:
         if node.node_id in nodes:

@@ -72,12 +72,19 @@ class ONNXNode(NodeBase):
     def compile(self, view: Mapping[str, ColType], ctx: CompileContext) -> NodeCompiled:
         if ctx.models is None:
             raise self.error("no model loader to load the model from")
-        model = ctx.models.load(self.model_id)
-        ids = {"node_id": self.node_id, "model_id": self.model_id}
-        facts = inspect_model(model, **ids, allow_custom_domains=ctx.allow_custom_domains)
-        session = open_session(
-            model, **ids, providers=ctx.providers, intra_op_num_threads=ctx.intra_op_num_threads
-        )
+        key = (self.model_id, tuple(ctx.providers), ctx.intra_op_num_threads, ctx.allow_custom_domains)
+        cached = ctx.sessions.get(key) if ctx.sessions is not None else None
+        if cached is not None:
+            facts, session = cached  # the same id is the same bytes: nothing to load or check again
+        else:
+            model = ctx.models.load(self.model_id)
+            ids = {"node_id": self.node_id, "model_id": self.model_id}
+            facts = inspect_model(model, **ids, allow_custom_domains=ctx.allow_custom_domains)
+            session = open_session(
+                model, **ids, providers=ctx.providers, intra_op_num_threads=ctx.intra_op_num_threads
+            )
+            if ctx.sessions is not None:
+                ctx.sessions.put(key, facts, session)
         bindings = self._bindings(session.inputs)
         feeders = {info.name: self._feeder(info, bindings[info.name], view) for info in session.inputs}
         outs = {o.name: o for o in session.outputs}

@@ -13,6 +13,7 @@ Every other ONNX Runtime error (Fail, RuntimeException, EPFail, ...) passes unch
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -169,3 +170,35 @@ def open_session(
     except Exception as exc:  # onnxruntime's errors share no public base class
         raise GraphError(f"ONNX Runtime cannot load model {model_id!r}: {exc}", node_id=node_id) from exc
     return OrtSession(session)
+
+
+SessionKey = tuple[str, tuple[str, ...], int, bool]  # model id, providers, intra-op threads, custom domains
+
+
+class SessionCache:
+    """Open sessions by model id and options, shared by every graph compiled with the cache.
+
+    A new version of a deployment that keeps a model reuses its session (and the facts read from its proto)
+    instead of loading and opening it again: the id is the sha256 of the bytes, so the same id is the same
+    model. A session lives as long as some compiled graph's kernel holds it (weak references), so the
+    sessions of a version swapped out are freed with it.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: weakref.WeakValueDictionary[SessionKey, OrtSession] = weakref.WeakValueDictionary()
+        self._facts: dict[SessionKey, ModelFacts] = {}
+        self.opened = 0  # sessions opened through the cache (tests and logs)
+
+    def get(self, key: SessionKey) -> tuple[ModelFacts, OrtSession] | None:
+        session = self._sessions.get(key)
+        if session is None:
+            self._facts.pop(key, None)
+            return None
+        return self._facts[key], session
+
+    def put(self, key: SessionKey, facts: ModelFacts, session: OrtSession) -> None:
+        self._sessions[key] = session
+        self._facts[key] = facts
+        self.opened += 1
+        for gone in [k for k in self._facts if k not in self._sessions]:
+            del self._facts[gone]

@@ -30,6 +30,7 @@ from worker.graph.types import BoolArray, ColType
 
 if TYPE_CHECKING:
     from worker.graph.onnx_node import ModelLoader
+    from worker.graph.onnx_runtime import SessionCache
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class CompileContext:
     providers: Sequence[str] = ("CPUExecutionProvider",)
     intra_op_num_threads: int = 1
     allow_custom_domains: bool = False
+    sessions: SessionCache | None = None  # ONNX sessions kept across compiles (a deployment's versions)
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,14 @@ from worker.avro.registry import (
 from worker.avro.schema import AvroSchema, SchemaParseError
 from worker.errors import ConfigError, RegistryUnavailable
 from worker.graph import compile_graph, load_graph
+from worker.graph.onnx_runtime import SessionCache
 from worker.models.store import ModelStore
 from worker.runtime.config import Settings
 from worker.runtime.contract import check_outputs
 from worker.runtime.pipeline import Pipeline
+
+# One per process: a deployment's next version reuses the open sessions of the models it keeps.
+SESSIONS = SessionCache()
 
 
 def registry_client(settings: Settings) -> SchemaRegistryClient | None:
@@ -102,6 +106,7 @@ def build_pipeline(
         store,
         intra_op_num_threads=settings.intra_op_num_threads,
         allow_custom_domains=settings.allow_custom_domains,
+        sessions=SESSIONS,
     )
     score_schema = source.output
     check_outputs(score_schema, graph.outputs)  # before the schema is registered anywhere
