@@ -299,3 +299,11 @@ class WaitsOnStuckCalls(Worker):
         mode = Transactions(self.ctx, self._fatal_reason)
         mode._watchdog = _BlindWatchdog(self.health.beat)
         return mode
+
+
+class SwapsOnlyWithABatch(Worker):
+    """Takes a swapped pipeline only when a batch comes, as the loop did before: an idle replica never
+    acknowledges a new version."""
+
+    def _idle(self) -> None:
+        pass

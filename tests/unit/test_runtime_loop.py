@@ -642,3 +642,23 @@ def test_an_isolated_record_whose_outputs_wait_too_long_rewinds_instead_of_stopp
         wait_until(lambda: world.committed().get(0) == 7, "every event committed")
     assert world.exit_code == 0
     assert set(ids) <= set(world.answered())
+
+
+# --- swapping pipelines -----------------------------------------------------------------------------------
+
+
+@controls(broken.SwapsOnlyWithABatch)
+def test_an_idle_worker_takes_a_swap_at_once_and_scores_with_it(
+    tmp_path: Path, worker_type: type[Worker]
+) -> None:
+    world = World(tmp_path, partitions=1)
+    with running(world, worker_type) as worker:
+        first = world.produce(3, partition=0)
+        wait_until(lambda: set(first) <= set(world.answered()), "the first events answered")
+        new = world.pipeline()
+        taken = worker.swap_pipeline(new)
+        wait_until(taken.done, "the swap taken with no event arriving", 5)
+        assert taken.result() is True and worker.pipeline is new
+        later = world.produce(3, partition=0)
+        wait_until(lambda: set(later) <= set(world.answered()), "the later events answered")
+    assert world.exit_code == 0

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 from worker.deploy.publish import delete, prepare, publish, rollback
 from worker.deploy.records import Deployment, Table, VersionRecord
 from worker.deploy.settings import DeploySettings, load_deploy_settings
+from worker.deploy.status import live, wait_running
 from worker.deploy.topic import read_table
 from worker.errors import ConfigError
 
@@ -44,6 +46,7 @@ def register(subparsers: Any) -> None:
     )
     pub.add_argument("--output-schema", type=Path, help="the score schema (default: output.schema)")
     pub.add_argument("--message", default="", help="what changed, shown by `deploy history`")
+    _waiting(pub)
     listing = action("list", "every deployment and its active version", _list, named=False)
     listing.add_argument("--json", action="store_true")
     show = action("show", "a version whole: its graph, schemas and models (default: the active one)", _show)
@@ -54,7 +57,21 @@ def register(subparsers: Any) -> None:
         "rollback", "make an earlier version active again (default: the active one's parent)", _rollback
     )
     back.add_argument("--to", type=int, help="the version number to make active")
+    _waiting(back)
     action("delete", "delete a deployment and every version of it", _delete)
+    status = action("status", "every live replica of the group: the version it runs, since when", _status)
+    status.add_argument("--json", action="store_true")
+
+
+def _waiting(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="return once every live replica of group_id runs it (or fail naming the one that refused it)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="how long --wait waits, in seconds (120)"
+    )
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -70,8 +87,10 @@ def _publish(args: argparse.Namespace) -> int:
     prepared = prepare(args.name, args.graph, reader, output, settings.store(), message=args.message,
                        allow_custom_domains=settings.allow_custom_domains)  # fmt: skip
     done = publish(settings.control(), prepared)
-    print(f"published {done.deployment} version {done.number} ({done.version_id[:12]}), now active")
-    return 0
+    print(
+        f"published {done.deployment} version {done.number} ({done.version_id[:12]}), now active", flush=True
+    )
+    return _wait(settings, args, done.deployment, done.version_id, done.number)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -117,8 +136,55 @@ def _history(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     settings = load_deploy_settings(args.config)
     done = rollback(settings.control(), args.name, args.to)
-    print(f"rolled {done.deployment} back to version {done.number} ({done.version_id[:12]}), now active")
+    print(
+        f"rolled {done.deployment} back to version {done.number} ({done.version_id[:12]}), now active",
+        flush=True,
+    )
+    return _wait(settings, args, done.deployment, done.version_id, done.number)
+
+
+def _wait(settings: DeploySettings, args: argparse.Namespace, name: str, version_id: str, number: int) -> int:
+    if not args.wait:
+        return 0
+    started = time.monotonic()
+    members = wait_running(settings.kafka.client_config("consumer"), _group(settings),
+                           settings.deployments.status_topic, version_id, label=f"{name}@{number}",
+                           timeout_s=args.timeout)  # fmt: skip
+    print(f"all {len(members)} live replicas run {name}@{number} ({time.monotonic() - started:.1f} s)")
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = load_deploy_settings(args.config)
+    deployment = _deployment(settings, args.name)
+    members = live(
+        settings.kafka.client_config("consumer"), _group(settings), settings.deployments.status_topic
+    )
+    rows: list[dict[str, Any]] = []
+    for member in members:
+        status = member.status
+        running = (
+            status is not None and status.deployment == deployment.name and status.version_id is not None
+        )
+        rows.append({"replica": status.replica if status else None, "member_id": member.member_id,
+                     "host": member.host, "version": status.version if running and status else None,
+                     "since": status.since if status else None,
+                     "refused": sorted(status.refused) if status else [],
+                     "heartbeat_at": status.heartbeat_at if status else None})  # fmt: skip
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    _print_table(["replica", "host", "version", "since", "refused", "heartbeat"], [
+        [r["replica"] or f"({r['member_id'][:16]}: no status yet)", r["host"], str(r["version"] or "-"),
+         r["since"] or "-", str(len(r["refused"])), r["heartbeat_at"] or "-"] for r in rows
+    ])  # fmt: skip
+    return 0
+
+
+def _group(settings: DeploySettings) -> str:
+    if settings.group_id is None:
+        raise ConfigError("the replicas' group is needed to know which are live", field="group_id")
+    return settings.group_id
 
 
 def _delete(args: argparse.Namespace) -> int:

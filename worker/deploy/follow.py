@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from worker.avro.schema import AvroSchema, SchemaParseError
 from worker.deploy.records import Refused, Table, VersionRecord
+from worker.deploy.status import HEARTBEAT_S, ReplicaStatus, StatusWriter, now, replica_id
 from worker.deploy.topic import read_table
 from worker.errors import ConfigError
 from worker.runtime.backoff import Backoff
@@ -73,10 +74,11 @@ def version_source(table: Table, version: VersionRecord) -> GraphSource:
 class Follower:
     """Follows ``settings.deployment`` in its topic; ``build`` makes the pipeline of a version."""
 
-    def __init__(self, settings: Settings, build: Build) -> None:
+    def __init__(self, settings: Settings, build: Build, status: StatusWriter | None = None) -> None:
         if settings.deployment is None:
             raise ConfigError("a follower needs a deployment name", field="deployment")
         self._settings = settings
+        self._group_id = settings.group_id
         self.name = settings.deployment
         self.topic = settings.deployments.topic
         self._config = settings.kafka.client_config("consumer")
@@ -89,18 +91,28 @@ class Follower:
         self._backoff = Backoff(first_s=1.0, max_s=30.0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._status = status
+        self._replica = replica_id(settings)
+        self._member_id: Callable[[], str] = lambda: ""
+        self._running: tuple[int, str, str] | None = (
+            None  # (number, graph digest, since) of the version in use
+        )
+        self._reported = 0.0
+        self._reported_member = ""
 
     def start(self) -> Pipeline:
         """Read the topic to its end and build the active version: the replica's first pipeline."""
         self.table, self.offset, version = read_active(self._settings)
         pipeline = self._build(self._source(version))
-        self.running = version.version_id
+        self._use(version, pipeline)
         log.info("deployment version built", extra={"deployment": pipeline.deployment})
         return pipeline
 
-    def follow(self, swap: Swap, on_crash: Callable[[str], None]) -> None:
+    def follow(self, swap: Swap, on_crash: Callable[[str], None], member_id: Callable[[], str]) -> None:
         """Keep following the topic on a thread of its own, handing every new active version to ``swap``;
-        ``on_crash`` hears of a bug that ended the thread (the replica must not go on unfollowing)."""
+        ``on_crash`` hears of a bug that ended the thread (the replica must not go on unfollowing), and
+        ``member_id`` tells the replica's group member id for its status."""
+        self._member_id = member_id
         self._thread = threading.Thread(
             target=self._run, args=(swap, on_crash), name="deployment-follower", daemon=True
         )
@@ -123,11 +135,18 @@ class Follower:
                 if message is not None:
                     self._take(message.key(), message.value(), message.offset(), message.error())
                 self.step(swap)
+                if (
+                    time.monotonic() - self._reported > HEARTBEAT_S
+                    or self._member_id() != self._reported_member
+                ):
+                    self.report()  # a heartbeat, or at once when the replica (re)joins its group
         except Exception as exc:  # a bug: told to the replica, which must not go on without following
             log.exception("the deployment follower crashed", extra={"deployment": self.name})
             on_crash(f"deployment follower: {type(exc).__name__}: {exc}")
         finally:
             consumer.close()
+            if self._status is not None:
+                self._status.close()
 
     def _take(self, key: bytes | None, value: bytes | None, offset: int | None, error: object) -> None:
         if error is not None:
@@ -173,6 +192,7 @@ class Follower:
             self.refused[version.version_id] = str(exc)
             extra = {"deployment": self.name, "version_id": version.version_id, "reason": str(exc)}
             log.error("deployment version refused; scoring goes on with the version in use", extra=extra)
+            self.report()
             return False
         self._backoff.reset()
         taken = swap(pipeline)
@@ -182,9 +202,36 @@ class Follower:
             if self._stop.wait(POLL_S):
                 return False
         if taken.result():
-            self.running = version.version_id
+            self._use(version, pipeline)
             log.info("deployment version handed to the loop", extra={"deployment": pipeline.deployment})
+            self.report()
         return bool(taken.result())
+
+    def _use(self, version: VersionRecord, pipeline: Pipeline) -> None:
+        self.running = version.version_id
+        deployment = self.table.get(self.name)
+        number = deployment.number(version.version_id) if deployment is not None else 0
+        self._running = (number, pipeline.graph.digest, now())
+
+    def report(self) -> None:
+        """Write this replica's status (no-op without a status writer)."""
+        self._reported, self._reported_member = time.monotonic(), self._member_id()
+        if self._status is None:
+            return
+        number, digest, since = self._running if self._running is not None else (None, None, None)
+        status = ReplicaStatus(
+            replica=self._replica,
+            member_id=self._reported_member,
+            group_id=self._group_id,
+            deployment=self.name,
+            version_id=self.running,
+            version=number,
+            graph_digest=digest,
+            since=since,
+            refused=dict(self.refused),
+            heartbeat_at=now(),
+        )
+        self._status.write(status)
 
     def _active(self) -> VersionRecord | None:
         deployment = self.table.get(self.name)

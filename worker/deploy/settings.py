@@ -42,6 +42,7 @@ class DeploySettings(BaseSettings):
         env_prefix="RTML_", env_nested_delimiter="__", extra="ignore", frozen=True, populate_by_name=True
     )
 
+    group_id: str | None = None  # the replicas' group: who is live, for `deploy status` and `--wait`
     kafka: KafkaSettings = KafkaSettings()
     schema_registry: RegistrySettings = RegistrySettings()
     model_store: str = Field(".models", min_length=1)

@@ -10,7 +10,7 @@ a version and its pointer would be lost; without compaction, retention would del
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -24,7 +24,9 @@ DEFAULT_TOPIC = "_rtml_deployments"
 _TIMEOUT_S = 15.0
 
 
-def ensure_topic(config: Mapping[str, Any], topic: str, timeout_s: float = _TIMEOUT_S) -> None:
+def ensure_topic(
+    config: Mapping[str, Any], topic: str, timeout_s: float = _TIMEOUT_S, *, field: str = FIELD
+) -> None:
     """Create ``topic`` with the shape above when absent; ``ConfigError`` when it exists in another."""
     admin = AdminClient(dict(config))
     metadata = admin.list_topics(timeout=timeout_s)
@@ -36,7 +38,7 @@ def ensure_topic(config: Mapping[str, Any], topic: str, timeout_s: float = _TIME
             future.result(timeout=timeout_s)
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # another publisher made it first
-                raise ConfigError(f"cannot create {topic}: {exc.args[0].str()}", field=FIELD) from exc
+                raise ConfigError(f"cannot create {topic}: {exc.args[0].str()}", field=field) from exc
         return
     partitions = len(metadata.topics[topic].partitions)
     resource = ConfigResource(ResourceType.TOPIC, topic)
@@ -46,37 +48,50 @@ def ensure_topic(config: Mapping[str, Any], topic: str, timeout_s: float = _TIME
         raise ConfigError(
             f"{topic} has {partitions} partitions and cleanup.policy={policy}; a deployment topic needs 1 "
             "partition and cleanup.policy=compact (name another topic, or let it be created)",
-            field=FIELD,
+            field=field,
         )
 
 
 def read_table(config: Mapping[str, Any], topic: str, timeout_s: float = _TIMEOUT_S) -> tuple[Table, int]:
     """The topic read from its start to its end now: the table, and the offset to follow from (an absent
     topic is an empty table)."""
+    table = Table()
+    return table, read_log(config, topic, table.apply, timeout_s)
+
+
+def read_log(
+    config: Mapping[str, Any],
+    topic: str,
+    take: Callable[[bytes | None, bytes | None, int], object],
+    timeout_s: float = _TIMEOUT_S,
+    *,
+    field: str = FIELD,
+) -> int:
+    """Hand every record of partition 0, from its start to its end now, to ``take(key, value, offset)``;
+    returns the offset after the last (0 for an absent topic). ``ConfigError`` names the topic's setting."""
     consumer = Consumer({**config, "group.id": "rtml-deployments-reader", "enable.auto.commit": False,
                          "enable.partition.eof": False, "isolation.level": "read_committed"})  # fmt: skip
     try:
-        table = Table()
         known = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if known is None or known.error is not None:
-            return table, 0  # nothing published yet: the first publish makes the topic
+            return 0  # nothing written yet: the first write makes the topic
         end = _end_offset(consumer, topic, timeout_s)
         if end == 0:
-            return table, 0
+            return 0
         consumer.assign([TopicPartition(topic, 0, 0)])
         deadline = time.monotonic() + timeout_s
         position = 0
         while position < end:
             if time.monotonic() > deadline:
                 raise ConfigError(
-                    f"{topic}: read {position} of {end} records in {timeout_s:.0f} s", field=FIELD
+                    f"{topic}: read {position} of {end} records in {timeout_s:.0f} s", field=field
                 )
             for message in consumer.consume(500, timeout=0.5):
                 if (error := message.error()) is not None:
-                    raise ConfigError(f"{topic}: {error.str()}", field=FIELD)
+                    raise ConfigError(f"{topic}: {error.str()}", field=field)
                 position = (message.offset() or 0) + 1  # a fetched record always has its offset
-                table.apply(message.key(), message.value(), position - 1)
-        return table, end
+                take(message.key(), message.value(), position - 1)
+        return end
     finally:
         consumer.close()
 
@@ -98,6 +113,8 @@ def write(
     topic: str,
     records: Iterable[VersionRecord | ActiveRecord | tuple[str, None]],
     timeout_s: float = _TIMEOUT_S,
+    *,
+    field: str = FIELD,
 ) -> list[int]:
     """Produce ``records`` in order (a ``(key, None)`` pair is a tombstone), idempotent with ``acks=all``;
     returns their offsets, or raises ``ConfigError`` naming the first that was not written."""
@@ -120,5 +137,5 @@ def write(
         # librdkafka's implicit ack reports a record delivered, with no offset, that may not be written
         failed = "delivered without an offset (not known to be written)"
     if failed is not None or len(reports) != sent:
-        raise ConfigError(f"cannot write to {topic}: {failed or 'no delivery report'}", field=FIELD)
+        raise ConfigError(f"cannot write to {topic}: {failed or 'no delivery report'}", field=field)
     return [offset for _, offset in reports]

@@ -72,10 +72,13 @@ def serve(
     registry = registry_client(settings)
     follower = None
     if settings.deployment is not None:
-        from worker.deploy.follow import Follower  # only a deployment's replica reads the deployment topic
+        # only a deployment's replica reads the deployment topic and reports its status
+        from worker.deploy.follow import Follower
+        from worker.deploy.status import StatusWriter
 
         build = _preparing(settings, registry, prepare)
-        follower = Follower(settings, lambda source: _build_waiting(settings, lambda: build(source)))
+        status = StatusWriter(settings)
+        follower = Follower(settings, lambda source: _build_waiting(settings, lambda: build(source)), status)
         pipeline = follower.start()
     else:
         pipeline = _build_waiting(settings, lambda: build_pipeline(settings, registry))
@@ -97,7 +100,7 @@ def serve(
         log.info("starting", extra=started)
         worker = Worker(settings, pipeline, metrics, health, clients)
         if follower is not None:
-            follower.follow(worker.swap_pipeline, health.set_fatal)
+            follower.follow(worker.swap_pipeline, health.set_fatal, lambda: worker.ctx.member_id)
         try:
             return worker.run()
         finally:

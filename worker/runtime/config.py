@@ -333,6 +333,8 @@ class DeadLetterSettings(_Strict):
 class DeploymentsSettings(_Strict):
     # The compacted topic of every deployment's versions (worker.deploy), made at the first publish.
     topic: str = Field("_rtml_deployments", min_length=1)
+    # Where each replica following a deployment reports what it runs (worker.deploy.status).
+    status_topic: str = Field("_rtml_deployment_status", min_length=1)
 
 
 class BatchSettings(_Strict):

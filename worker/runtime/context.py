@@ -58,6 +58,9 @@ class Context:
     assigned: set[TP]
     renew_producer: Callable[[], ProducerClient]  # a new producer in place of ``producer``
     failed: bool = False  # after a fatal error nothing more is committed, not even on close
+    # The group member id, taken in the assign callback (on the loop's thread: librdkafka's
+    # consumer_group_metadata() from another thread waits for the consumer's poll to return).
+    member_id: str = ""
 
     def admit(self, meta: Meta, result: Processed) -> bool:
         """Account a segment with the breaker; False (paused, not ready) when it tripped."""

@@ -16,7 +16,8 @@ One turn, in order:
   2. the delivery mode hands on what librdkafka's queue had no room for (``pump``);
   3. take what the consumer has (``Intake.fetch``: rebalance callbacks and commit results are served here);
   4. the first that applies: finish a rewind; wait out a backoff; retry the batch that waits for the
-     registry, when due; process a batch, when one is due and nothing holds; let the batch fill;
+     registry, when due; process a batch, when one is due and nothing holds; let the batch fill; with
+     nothing pending, take a pipeline handed to ``swap_pipeline``;
   5. serve delivery reports (``Producer.poll``, waiting ``WAIT_S`` while paused);
   6. settle: commit what was delivered, or start a rewind (at-least-once);
   7. pause or resume the partitions (``Flow.update``); report the lag every ``LAG_EVERY_S``.
@@ -201,6 +202,8 @@ class Worker:
             self._process_or_wait(*intake.take())
         elif intake.pending:
             time.sleep(0.0005)  # waiting for the batch to fill: let librdkafka's threads fetch
+        else:
+            self._idle()
         self.producer.poll(WAIT_S if self.flow.paused else 0)
         delivery.settle()
         self.flow.update(
@@ -244,9 +247,7 @@ class Worker:
         self._process_or_wait(*self.intake.take())
 
     def _process(self, batch: list[Message], received: list[float]) -> None:
-        if (offered := self._handover.take()) is not None:
-            self._use(offered[0])
-            offered[1].set_result(True)
+        self._take_offered()
         if self.ctx.breaker.open:
             return  # tripped: nothing more goes out or gets committed
         started = time.perf_counter()
@@ -271,6 +272,15 @@ class Worker:
         for topic, at in meta.groups:
             self.metrics.events_in(topic, len(at))
         return meta, result
+
+    def _idle(self) -> None:
+        """Nothing pending: a swap need not wait for the next event to be taken (and acknowledged)."""
+        self._take_offered()
+
+    def _take_offered(self) -> None:
+        if (offered := self._handover.take()) is not None:
+            self._use(offered[0])
+            offered[1].set_result(True)
 
     def _use(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline

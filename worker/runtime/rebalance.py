@@ -35,7 +35,8 @@ class Rebalance:
         self.ctx = ctx
         self.delivery = delivery
 
-    def on_assign(self, _consumer: ConsumerClient, partitions: list[TopicPartition]) -> None:
+    def on_assign(self, consumer: ConsumerClient, partitions: list[TopicPartition]) -> None:
+        self.ctx.member_id = consumer.memberid() or ""
         fresh = {(tp.topic, tp.partition) for tp in partitions}
         self.delivery.forget(fresh)  # nothing known from an earlier ownership may be committed now
         self.ctx.breaker.forget(fresh)

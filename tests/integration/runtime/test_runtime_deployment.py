@@ -19,10 +19,13 @@ from scenario import CarModels, Scenario
 from test_runtime_delivery import finish
 from verifier import collect_and_verify, describe
 
+from worker.cli import main
 from worker.deploy.publish import prepare, publish
 from worker.deploy.records import ActiveRecord
 from worker.deploy.settings import Control
+from worker.deploy.status import wait_running
 from worker.deploy.topic import write
+from worker.errors import ConfigError
 from worker.models import ModelStore
 
 EVENTS = 600
@@ -30,11 +33,13 @@ PARTITIONS = 4
 
 
 @pytest.fixture
-def control_topic(admin: AdminClient) -> Iterator[str]:
-    name = f"test-deployments-{uuid.uuid4().hex[:12]}"
-    yield name
-    if name in admin.list_topics(timeout=10).topics:
-        admin.delete_topics([name], operation_timeout=30)[name].result(timeout=30)
+def topics(admin: AdminClient) -> Iterator[tuple[str, str]]:
+    """Fresh names for the deployment topic and the status topic, deleted after the test if made."""
+    names = (f"test-deployments-{uuid.uuid4().hex[:12]}", f"test-status-{uuid.uuid4().hex[:12]}")
+    yield names
+    made = [name for name in names if name in admin.list_topics(timeout=10).topics]
+    for future in admin.delete_topics(made, operation_timeout=30).values() if made else []:
+        future.result(timeout=30)
 
 
 def renamed(graph: Path, folder: Path, name: str) -> Path:
@@ -46,23 +51,23 @@ def renamed(graph: Path, folder: Path, name: str) -> Path:
     return path
 
 
-def wait_logged(s: Scenario, text: str, timeout_s: float = 60.0) -> None:
-    """Until every replica has logged a line containing ``text``."""
-    deadline = time.monotonic() + timeout_s
-    while not all(any(text in line for line in r.log_lines()) for r in s.fleet.replicas):
-        assert time.monotonic() < deadline, f"not every replica logged {text!r}\n{s.fleet.logs()}"
-        s.fleet.check()
-        time.sleep(0.2)
-
-
 def test_replicas_follow_a_deployment_and_swap_versions_without_loss(
-    scenario: Callable[..., Scenario], car_models: CarModels, control_topic: str, tmp_path: Path
+    scenario: Callable[..., Scenario],
+    car_models: CarModels,
+    topics: tuple[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     name = f"cars-{uuid.uuid4().hex[:8]}"
+    control_topic, status_topic = topics
     s = scenario(
         partitions=PARTITIONS,
         replicas=2,
-        settings={"graph": None, "deployment": name, "deployments": {"topic": control_topic}},
+        settings={
+            "graph": None,
+            "deployment": name,
+            "deployments": {"topic": control_topic, "status_topic": status_topic},
+        },
     )
     control = Control(
         control_topic, {"bootstrap.servers": s.bootstrap_servers}, {"bootstrap.servers": s.bootstrap_servers}
@@ -99,14 +104,23 @@ def test_replicas_follow_a_deployment_and_swap_versions_without_loss(
         deployment=name, version_id=broken.version_id, updated_at="2026-12-04T00:00:00+00:00"
     )
     write(control.write, control_topic, [broken, pointer])
-    wait_logged(s, "deployment version refused")
+    client = {"bootstrap.servers": s.bootstrap_servers}
+    with pytest.raises(ConfigError, match=rf"refused {name}@2: model sha256:0+ is not in the model store"):
+        wait_running(client, s.group_id, status_topic, broken.version_id, label=f"{name}@2", timeout_s=60)
 
     v2 = publish(control, prepare(name, v2_graph, EVENT_SCHEMA, SCORE_SCHEMA, store, message="renamed"))
-    wait_logged(s, f"{name}@3")  # the broken version is number 2 of the deployment, v2 number 3
+    # --wait: back only once both replicas run it (the broken version is number 2, this one number 3)
+    members = wait_running(client, s.group_id, status_topic, v2.version_id, label=f"{name}@3", timeout_s=60)
+    assert len(members) == 2 and {m.status.version for m in members if m.status} == {3}
+    assert main(["deploy", "status", name, "--json", "--config", str(s.config)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [(r["version"], len(r["refused"])) for r in shown] == [(3, 1), (3, 1)]
     for p, o in produce(
         s.bootstrap_servers, s.input_topic, plan_events(s.graph, EVENTS, seed=32, schema_id=s.schema_id)
     ).items():
         sources.setdefault(p, {}).update(o)
+    with pytest.raises(ConfigError, match="2 of 2 replicas do not run"):
+        wait_running(client, s.group_id, status_topic, "f" * 32, label="nothing", timeout_s=1)
     finish(s, sources, started)
 
     report, scores, _ = collect_and_verify(

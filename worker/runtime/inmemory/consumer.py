@@ -246,6 +246,10 @@ class InMemoryConsumer:
             return GroupMetadata(self.group_id, None, -1)
         return GroupMetadata(self.group_id, self.member, group.generation)
 
+    def memberid(self) -> str | None:
+        """The member id while in the group (librdkafka's: None before the first join)."""
+        return self.consumer_group_metadata().member_id or None
+
     def close(self) -> None:
         """Run pending callbacks, revoke what is owned (its callback runs here), leave the group."""
         if self.closed:
