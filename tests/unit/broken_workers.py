@@ -307,3 +307,11 @@ class SwapsOnlyWithABatch(Worker):
 
     def _idle(self) -> None:
         pass
+
+
+class KeepsTheBreakerOpen(Worker):
+    """A tripped breaker stays open whatever pipeline comes, as before deployments: a rollback cannot recover
+    the replica without a restart."""
+
+    def _close_breaker(self) -> None:
+        pass

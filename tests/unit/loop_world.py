@@ -123,14 +123,14 @@ class World:
         self.raised: BaseException | None = None
         self.next_id = 0
 
-    def pipeline(self) -> Pipeline:
+    def pipeline(self, graph: dict[str, Any] = GRAPH) -> Pipeline:
         reader = AvroSchema.parse(EVENT)
         if self.registry is not None:
             decoder = BatchDecoder(reader, registry=self.registry)
         else:
             decoder = BatchDecoder(reader, writer=reader)
-        graph = compile_graph(load_graph(GRAPH), InMemoryModels())
-        return Pipeline(decoder, graph, ScoreEncoder(AvroSchema.parse(SCORE)))
+        compiled = compile_graph(load_graph(graph), InMemoryModels())
+        return Pipeline(decoder, compiled, ScoreEncoder(AvroSchema.parse(SCORE)))
 
     # --- the worker -------------------------------------------------------------------------------------
 

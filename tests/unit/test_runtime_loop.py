@@ -662,3 +662,37 @@ def test_an_idle_worker_takes_a_swap_at_once_and_scores_with_it(
         later = world.produce(3, partition=0)
         wait_until(lambda: set(later) <= set(world.answered()), "the later events answered")
     assert world.exit_code == 0
+
+
+# A graph that compiles and fits but rejects every row: an id like "e3" is no int64.
+REJECTS_ALL = {
+    **loop_world.GRAPH,
+    "name": "rejects",
+    "nodes": [
+        {"id": "strict", "kind": "astype", "columns": ["id"], "dtype": "int64"},
+        {"id": "back", "kind": "astype", "columns": ["id"], "dtype": "string"},
+        *loop_world.GRAPH["nodes"],
+    ],
+}
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+@controls(broken.KeepsTheBreakerOpen)
+def test_a_new_pipeline_closes_a_tripped_breaker_and_scores_what_the_trip_left(
+    tmp_path: Path, worker_type: type[Worker], delivery: str
+) -> None:
+    breaker = {"max_consecutive_invalid": 5, "window_records": 100_000}
+    world = World(tmp_path, partitions=1, breaker=breaker, delivery=delivery)
+    with running(world, worker_type) as worker:
+        good = world.produce(3, partition=0)
+        wait_until(lambda: world.committed().get(0) == 3, "the good events committed")
+        assert worker.swap_pipeline(world.pipeline(REJECTS_ALL)).result(timeout=5) is True
+        tripped = world.produce(20, partition=0)
+        wait_until(lambda: "breaker" in world.health.readiness()[1], "the breaker tripped by the bad version")
+        assert worker.swap_pipeline(world.pipeline()).result(timeout=5) is True  # the rollback
+        wait_until(lambda: world.health.readiness() == (True, "ok"), "ready again after the rollback")
+        wait_until(lambda: world.committed().get(0) == 23, "everything committed after the rollback")
+    answered = world.answered()
+    assert set(good) | set(tripped) <= set(answered), "every event answered, those after the trip too"
+    assert len(world.dead_letters()) <= 5, "no more dead-lettered in a row than the breaker allows"
+    assert world.exit_code == 0

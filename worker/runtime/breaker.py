@@ -5,7 +5,8 @@ breaker when its run of consecutive invalid records would exceed ``max_consecuti
 invalid share of its current window of ``window_records`` records would exceed ``max_invalid_ratio`` (judged
 once the window is full). A tripped breaker stays open: the worker produces nothing more, commits nothing
 more, pauses its partitions and reports not ready, so at most ``max_consecutive_invalid`` records were
-dead-lettered in a row. Operators fix the deploy and restart the worker.
+dead-lettered in a row, until a new pipeline is swapped in (a deployment's next version, or a rollback):
+that closes it (``reset``) and the loop reads again from the committed offsets.
 
 A partition's counts belong to the replica that owns it: they are forgotten when it is revoked, lost or
 assigned (``forget``), and a batch whose transaction was aborted is taken back (``snapshot``/``restore``)
@@ -54,6 +55,11 @@ class CircuitBreaker:
             self.reason = tripped
             return False
         return True
+
+    def reset(self) -> None:
+        """Closed again, every count forgotten (a new pipeline is judged afresh)."""
+        self.reason = None
+        self._partitions.clear()
 
     def forget(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Partitions no longer (or newly) ours: their history does not count here."""

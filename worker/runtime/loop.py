@@ -43,7 +43,7 @@ from concurrent.futures import Future
 from types import FrameType
 
 import numpy as np
-from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 
 from worker.errors import FatalError, InfrastructureError, RegistryUnavailable
 from worker.runtime import faults
@@ -67,6 +67,7 @@ from worker.runtime.transactions import Transactions
 log = logging.getLogger("worker.runtime")
 WAIT_S = 0.01  # how long a paused turn waits for delivery reports
 LAG_EVERY_S = 5.0
+COMMITTED_TIMEOUT_S = 10.0  # the committed offsets asked of the coordinator when the breaker closes
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -287,6 +288,26 @@ class Worker:
         self.ctx.sink.use_graph(pipeline.graph, pipeline.deployment)
         extra = {"graph_digest": pipeline.graph.digest, "deployment": pipeline.deployment}
         log.info("new graph in use", extra=extra)
+        if self.ctx.breaker.open:
+            self._close_breaker()
+
+    def _close_breaker(self) -> None:
+        """A new pipeline may score what tripped the breaker: close it, and read again from the committed
+        offsets what was consumed since the trip (and not produced: nothing goes out while it is open)."""
+        assigned = [TopicPartition(t, p) for t, p in sorted(self.ctx.assigned)]
+        committed = self.consumer.committed(assigned, timeout=COMMITTED_TIMEOUT_S) if assigned else []
+        # None committed yet: from the start, as auto.offset.reset=earliest would have it
+        points = {
+            (tp.topic, tp.partition): tp.offset if tp.offset >= 0 else OFFSET_BEGINNING for tp in committed
+        }
+        self.intake.drop()
+        self.ctx.breaker.reset()
+        self.ctx.seek(points)
+        self.ctx.health.set_breaker_open(None)
+        self.metrics.breaker_open(False)
+        self.flow.resume()
+        log.warning("circuit breaker closed by a new pipeline; reading again from the committed offsets",
+                    extra={"partitions": len(points)})  # fmt: skip
 
     # --- the clients' callbacks -------------------------------------------------------------------------
 
