@@ -315,3 +315,10 @@ class KeepsTheBreakerOpen(Worker):
 
     def _close_breaker(self) -> None:
         pass
+
+
+class IgnoresSuspend(Worker):
+    """A deleted deployment changes nothing: the replica keeps scoring with the version it has."""
+
+    def _suspend(self, reason: str) -> None:
+        pass

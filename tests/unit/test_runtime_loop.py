@@ -696,3 +696,25 @@ def test_a_new_pipeline_closes_a_tripped_breaker_and_scores_what_the_trip_left(
     assert set(good) | set(tripped) <= set(answered), "every event answered, those after the trip too"
     assert len(world.dead_letters()) <= 5, "no more dead-lettered in a row than the breaker allows"
     assert world.exit_code == 0
+
+
+@pytest.mark.parametrize("delivery", ["at-least-once", "exactly-once"])
+@controls(broken.IgnoresSuspend)
+def test_a_suspended_worker_commits_what_is_done_pauses_and_resumes_with_a_new_pipeline(
+    tmp_path: Path, worker_type: type[Worker], delivery: str
+) -> None:
+    world = World(tmp_path, partitions=2, delivery=delivery)
+    with running(world, worker_type) as worker:
+        done = world.produce(4, partition=0) + world.produce(4, partition=1)
+        wait_until(lambda: world.total_committed() == 8, "the first events committed")
+        assert worker.suspend("deployment cars deleted").result(timeout=5) is True
+        assert world.health.readiness() == (False, "paused: deployment cars deleted")
+        held = world.produce(5, partition=0) + world.produce(5, partition=1)
+        time.sleep(0.5)
+        assert set(world.answered()) == set(done), "nothing is scored while suspended"
+        assert world.total_committed() == 8
+        assert worker.swap_pipeline(world.pipeline()).result(timeout=5) is True  # a version published again
+        wait_until(lambda: world.total_committed() == 18, "everything committed once resumed")
+        assert world.health.readiness() == (True, "ok")
+    assert world.answered() == dict.fromkeys(done + held, 1)
+    assert world.exit_code == 0

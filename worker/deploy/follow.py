@@ -99,6 +99,7 @@ class Follower:
         )
         self._reported = 0.0
         self._reported_member = ""
+        self._suspend: Callable[[str], object] = lambda _reason: None
 
     def start(self) -> Pipeline:
         """Read the topic to its end and build the active version: the replica's first pipeline."""
@@ -108,11 +109,19 @@ class Follower:
         log.info("deployment version built", extra={"deployment": pipeline.deployment})
         return pipeline
 
-    def follow(self, swap: Swap, on_crash: Callable[[str], None], member_id: Callable[[], str]) -> None:
+    def follow(
+        self,
+        swap: Swap,
+        on_crash: Callable[[str], None],
+        member_id: Callable[[], str],
+        suspend: Callable[[str], object] = lambda _reason: None,
+    ) -> None:
         """Keep following the topic on a thread of its own, handing every new active version to ``swap``;
-        ``on_crash`` hears of a bug that ended the thread (the replica must not go on unfollowing), and
-        ``member_id`` tells the replica's group member id for its status."""
+        ``on_crash`` hears of a bug that ended the thread (the replica must not go on unfollowing),
+        ``member_id`` tells the replica's group member id for its status, and ``suspend`` pauses scoring
+        when the deployment is deleted (until a version is published again)."""
         self._member_id = member_id
+        self._suspend = suspend
         self._thread = threading.Thread(
             target=self._run, args=(swap, on_crash), name="deployment-follower", daemon=True
         )
@@ -168,9 +177,11 @@ class Follower:
         if version is None:
             deployment = self.table.get(self.name)
             if (deployment is None or deployment.active is None) and self.running is not None:
-                log.warning("deployment deleted: this replica keeps scoring with the version it has",
-                            extra={"deployment": self.name})  # fmt: skip
-                self.running = None
+                log.warning("deployment deleted: this replica commits what is done and pauses until a "
+                            "version is published", extra={"deployment": self.name})  # fmt: skip
+                self.running, self._running = None, None
+                self._suspend(f"deployment {self.name} deleted; publish a version to resume")
+                self.report()
             return False
         if version.version_id == self.running or version.version_id in self.refused:
             return False
@@ -229,6 +240,7 @@ class Follower:
             graph_digest=digest,
             since=since,
             refused=dict(self.refused),
+            state="scoring" if self.running is not None else "paused",
             heartbeat_at=now(),
         )
         self._status.write(status)

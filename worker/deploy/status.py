@@ -46,7 +46,7 @@ class ReplicaStatus(BaseModel):
     version: int | None = None  # the version's number in the deployment
     graph_digest: str | None = None
     since: str | None = None  # when that version took over on this replica
-    state: Literal["scoring", "starting"] = "scoring"
+    state: Literal["scoring", "paused"] = "scoring"  # paused: the deployment was deleted
     refused: dict[str, str] = {}  # version id -> why this replica refused it
     heartbeat_at: str
 

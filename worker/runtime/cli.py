@@ -100,7 +100,9 @@ def serve(
         log.info("starting", extra=started)
         worker = Worker(settings, pipeline, metrics, health, clients)
         if follower is not None:
-            follower.follow(worker.swap_pipeline, health.set_fatal, lambda: worker.ctx.member_id)
+            follower.follow(
+                worker.swap_pipeline, health.set_fatal, lambda: worker.ctx.member_id, worker.suspend
+            )
         try:
             return worker.run()
         finally:

@@ -53,6 +53,7 @@ class Health:
         self._assigned = 0
         self._breaker: str | None = None
         self._dependency: str | None = None
+        self._suspended: str | None = None
         self._outputs: str | None = None
         self._fatal: str | None = None
 
@@ -71,6 +72,11 @@ class Health:
         """Open the breaker with ``reason``, or close it with None."""
         with self._lock:
             self._breaker = reason
+
+    def set_suspended(self, reason: str | None) -> None:
+        """Nothing to score with (a deployment deleted), with ``reason``; or scoring again with None."""
+        with self._lock:
+            self._suspended = reason
 
     def set_dependency_down(self, reason: str | None) -> None:
         """A dependency the loop waits for (the registry) is down with ``reason``, or back with None."""
@@ -105,14 +111,16 @@ class Health:
         return True, "ok"
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, reason): ready when alive, assigned at least one partition, the breaker closed, no
-        dependency down and outputs going out."""
+        """(ready, reason): ready when alive, assigned at least one partition, not suspended, the breaker
+        closed, no dependency down and outputs going out."""
         alive, reason = self.liveness()
         if not alive:
             return False, reason
         with self._lock:
             assigned, breaker, dependency = self._assigned, self._breaker, self._dependency
-            outputs = self._outputs
+            outputs, suspended = self._outputs, self._suspended
+        if suspended is not None:
+            return False, f"paused: {suspended}"
         if breaker is not None:
             return False, f"breaker open: {breaker}"
         if dependency is not None:

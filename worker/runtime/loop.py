@@ -16,8 +16,9 @@ One turn, in order:
   2. the delivery mode hands on what librdkafka's queue had no room for (``pump``);
   3. take what the consumer has (``Intake.fetch``: rebalance callbacks and commit results are served here);
   4. the first that applies: finish a rewind; wait out a backoff; retry the batch that waits for the
-     registry, when due; process a batch, when one is due and nothing holds; let the batch fill; with
-     nothing pending, take a pipeline handed to ``swap_pipeline``;
+     registry, when due; while suspended (``suspend``), only take a new pipeline; process a batch, when
+     one is due and nothing holds; let the batch fill; with nothing pending, take a pipeline handed to
+     ``swap_pipeline``;
   5. serve delivery reports (``Producer.poll``, waiting ``WAIT_S`` while paused);
   6. settle: commit what was delivered, or start a rewind (at-least-once);
   7. pause or resume the partitions (``Flow.update``); report the lag every ``LAG_EVERY_S``.
@@ -40,6 +41,7 @@ import signal
 import threading
 import time
 from concurrent.futures import Future
+from dataclasses import dataclass
 from types import FrameType
 
 import numpy as np
@@ -69,6 +71,13 @@ WAIT_S = 0.01  # how long a paused turn waits for delivery reports
 LAG_EVERY_S = 5.0
 COMMITTED_TIMEOUT_S = 10.0  # the committed offsets asked of the coordinator when the breaker closes
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@dataclass(frozen=True)
+class Suspend:
+    """Handed over instead of a pipeline: score nothing until the next one (see ``Worker.suspend``)."""
+
+    reason: str
 
 
 class Worker:
@@ -101,7 +110,8 @@ class Worker:
         self.delivery = self._delivery_mode()
         self.rebalance = Rebalance(self.ctx, self.delivery)
         self.stopping = False
-        self._handover: Handover[Pipeline] = Handover()
+        self._handover: Handover[Pipeline | Suspend] = Handover()
+        self._suspended: str | None = None  # why nothing is scored now (a deployment deleted)
         self._registry_retry_at: float | None = None  # set while a batch waits for the registry
         self._registry_backoff = Backoff()
         self._last_lag = 0.0
@@ -155,6 +165,11 @@ class Worker:
         The future is True once the loop uses it, False if another swap replaced it before that."""
         return self._handover.offer(pipeline)
 
+    def suspend(self, reason: str) -> Future[bool]:
+        """Score nothing from the next turn on, until ``swap_pipeline``: what is done is committed, the
+        partitions pause, readiness says ``reason``; what was fetched is read again after. Any thread."""
+        return self._handover.offer(Suspend(reason))
+
     def stop(self) -> None:
         self.stopping = True
 
@@ -199,6 +214,8 @@ class Worker:
         elif self._registry_retry_at is not None:
             if now >= self._registry_retry_at:
                 self._retry_registry()
+        elif self._suspended is not None:
+            self._take_offered()  # only a new pipeline ends it
         elif intake.pending and not delivery.holding() and intake.due(now, self.flow.paused):
             self._process_or_wait(*intake.take())
         elif intake.pending:
@@ -219,7 +236,8 @@ class Worker:
 
     def _holding(self) -> bool:
         """Partitions must stay paused whatever the load: the loop is waiting on something."""
-        return self.ctx.breaker.open or self.delivery.holding() or self._registry_retry_at is not None
+        waiting = self._registry_retry_at is not None or self._suspended is not None
+        return self.ctx.breaker.open or self.delivery.holding() or waiting
 
     # --- one batch ----------------------------------------------------------------------------------------
 
@@ -279,11 +297,27 @@ class Worker:
         self._take_offered()
 
     def _take_offered(self) -> None:
-        if (offered := self._handover.take()) is not None:
-            self._use(offered[0])
-            offered[1].set_result(True)
+        if (offered := self._handover.take()) is None:
+            return
+        item, done = offered
+        if isinstance(item, Suspend):
+            self._suspend(item.reason)
+        else:
+            self._use(item)
+        done.set_result(True)
+
+    def _suspend(self, reason: str) -> None:
+        if self._suspended is None:
+            self.ctx.seek(self.intake.drop())  # fetched, not scored: read again once a pipeline comes
+        self._suspended = reason
+        self.health.set_suspended(reason)
+        log.warning("suspended: nothing is scored until a new pipeline", extra={"reason": reason})
 
     def _use(self, pipeline: Pipeline) -> None:
+        if self._suspended is not None:
+            self.ctx.seek(self.intake.drop())  # anything fetched while paused is read again, by this pipeline
+            self._suspended = None
+            self.health.set_suspended(None)
         self.pipeline = pipeline
         self.ctx.sink.use_graph(pipeline.graph, pipeline.deployment)
         extra = {"graph_digest": pipeline.graph.digest, "deployment": pipeline.deployment}

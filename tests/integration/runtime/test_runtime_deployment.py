@@ -17,10 +17,10 @@ from confluent_kafka.admin import AdminClient
 from harness import EVENT_SCHEMA, SCORE_SCHEMA, plan_events, produce
 from scenario import CarModels, Scenario
 from test_runtime_delivery import finish
-from verifier import collect_and_verify, describe
+from verifier import collect_and_verify, describe, read_outputs
 
 from worker.cli import main
-from worker.deploy.publish import prepare, publish
+from worker.deploy.publish import delete, prepare, publish
 from worker.deploy.records import ActiveRecord
 from worker.deploy.settings import Control
 from worker.deploy.status import wait_running
@@ -49,6 +49,13 @@ def renamed(graph: Path, folder: Path, name: str) -> Path:
     path = folder / f"{name}.json"
     path.write_text(json.dumps(spec))
     return path
+
+
+def wait_scored(s: Scenario, n: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while len(read_outputs(s.bootstrap_servers, s.score_topic, "score")) < n:
+        assert time.monotonic() < deadline, f"fewer than {n} scores after {timeout_s:.0f} s"
+        time.sleep(0.3)
 
 
 def test_replicas_follow_a_deployment_and_swap_versions_without_loss(
@@ -121,6 +128,25 @@ def test_replicas_follow_a_deployment_and_swap_versions_without_loss(
         sources.setdefault(p, {}).update(o)
     with pytest.raises(ConfigError, match="2 of 2 replicas do not run"):
         wait_running(client, s.group_id, status_topic, "f" * 32, label="nothing", timeout_s=1)
+    wait_scored(s, sum(len(o) for o in sources.values()))
+    second_end = {p: max(o) for p, o in sources.items()}
+
+    # Deleted: the replicas pause (not ready) and score nothing; a new publish resumes them.
+    delete(control, name)
+    deadline = time.monotonic() + 30
+    while any(r.readyz() == 200 for r in s.fleet.replicas):
+        assert time.monotonic() < deadline, "replicas still ready after the deployment was deleted"
+        time.sleep(0.2)
+    for p, o in produce(
+        s.bootstrap_servers, s.input_topic, plan_events(s.graph, EVENTS, seed=33, schema_id=s.schema_id)
+    ).items():
+        sources.setdefault(p, {}).update(o)
+    time.sleep(2)
+    assert len(read_outputs(s.bootstrap_servers, s.score_topic, "score")) == 2 * EVENTS, (
+        "scored while deleted"
+    )
+    again = publish(control, prepare(name, car_models.graph_path, EVENT_SCHEMA, SCORE_SCHEMA, store))
+    wait_running(client, s.group_id, status_topic, again.version_id, label=f"{name}@1", timeout_s=60)
     finish(s, sources, started)
 
     report, scores, _ = collect_and_verify(
@@ -143,5 +169,7 @@ def test_replicas_follow_a_deployment_and_swap_versions_without_loss(
     for partition, labelled in by_source.items():
         labels = [label for _, label in sorted(labelled)]
         offsets = [offset for offset, _ in sorted(labelled)]
-        expected = [f"{name}@1" if o <= first_end[partition] else f"{name}@3" for o in offsets]
-        assert labels == expected, f"partition {partition}: versions switch exactly after the first run"
+        # v1, then v2 (number 3), then after the delete the deployment's new first version (number 1)
+        expected = [f"{name}@3" if first_end[partition] < o <= second_end[partition] else f"{name}@1"
+                    for o in offsets]  # fmt: skip
+        assert labels == expected, f"partition {partition}: versions switch exactly between the runs"
