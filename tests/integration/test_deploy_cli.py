@@ -27,7 +27,11 @@ S3_DEFAULTS = {
 
 @pytest.fixture
 def settings_file(
-    admin: AdminClient, bootstrap_servers: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    admin: AdminClient,
+    bootstrap_servers: str,
+    schema_registry_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Path]:
     """A replica's settings file (group, topics and all) naming a fresh deployment topic and S3 prefix."""
     for key, value in S3_DEFAULTS.items():
@@ -44,15 +48,18 @@ model_store = "{store}"
 [kafka]
 bootstrap_servers = "{bootstrap_servers}"
 
+[schema_registry]
+url = "{schema_registry_url}"
+
 [deployments]
 topic = "{topic}"
 
 [input]
-topics = ["iris-events"]
+topics = ["{topic}-events"]
 reader_schema = "{ROOT / "schemas" / "iris_event.avsc"}"
 
 [output]
-topic = "iris-scores"
+topic = "{topic}-scores"
 schema = "{ROOT / "schemas" / "iris_score.avsc"}"
 
 [dead_letter]
@@ -78,7 +85,10 @@ def test_publish_list_history_show_rollback_delete(
     config = ("--config", str(settings_file))
 
     code, out, _ = run(capsys, "deploy", "publish", "iris", str(graph), "--message", "first", *config)
-    assert code == 0 and out.startswith("published iris version 1 (")
+    assert code == 0 and "\npublished iris version 1 (" in out
+    assert "ok: the graph compiles with its 1 models and fits both schemas" in out
+    assert "-events-value (no version yet) resolves to the reader schema" in out  # no writer yet
+    assert "-scores-value takes the output schema" in out
     code, out, _ = run(capsys, "deploy", "publish", "iris", str(graph), "--message", "second", *config)
     assert code == 0 and "version 2" in out
 

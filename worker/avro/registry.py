@@ -159,6 +159,28 @@ class SchemaRegistryClient:
         path = f"/subjects/{_quote(subject)}"
         return _schema_id(self._request("POST", path, {"schema": schema.text}), path)
 
+    def versions(self, subject: str) -> list[int]:
+        """The version numbers of ``subject``, oldest first; [] when the subject does not exist."""
+        path = f"/subjects/{_quote(subject)}/versions"
+        try:
+            body = self._request("GET", path)
+        except SchemaNotFound:
+            return []
+        if not isinstance(body, list) or not all(isinstance(v, int) for v in body):
+            raise RegistryUnavailable(f"GET {path}: the registry's answer is no list of versions")
+        return sorted(body)
+
+    def version(self, subject: str, version: int) -> AvroSchema:
+        """The schema registered as ``version`` of ``subject``."""
+        path = f"/subjects/{_quote(subject)}/versions/{version}"
+        body = self._request("GET", path)
+        if not isinstance(body, dict) or not isinstance(body.get("schema"), str):
+            raise RegistryUnavailable(f"GET {path}: the registry's answer has no schema")
+        try:
+            return AvroSchema.parse(body["schema"])
+        except SchemaParseError as exc:
+            raise SchemaNotFound(f"GET {path}: {exc}") from exc
+
     def compatible(self, subject: str, schema: AvroSchema) -> bool:
         """Whether ``register`` would accept ``schema`` under ``subject``; registers nothing.
 

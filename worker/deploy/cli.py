@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.deploy.publish import delete, prepare, publish, rollback
+from worker.deploy.publish import check_registry, delete, prepare, publish, rollback
 from worker.deploy.records import Deployment, Table, VersionRecord
 from worker.deploy.settings import DeploySettings, load_deploy_settings
 from worker.deploy.status import live, wait_running
 from worker.deploy.topic import read_table
 from worker.errors import ConfigError
+from worker.runtime.build import client_of, registry_errors
 
 
 def register(subparsers: Any) -> None:
@@ -86,6 +87,14 @@ def _publish(args: argparse.Namespace) -> int:
         raise ConfigError("needed to publish: --output-schema, or output.schema", field="output.schema")
     prepared = prepare(args.name, args.graph, reader, output, settings.store(), message=args.message,
                        allow_custom_domains=settings.allow_custom_domains)  # fmt: skip
+    print(f"ok: the graph compiles with its {len(prepared.record.models)} models and fits both schemas")
+    registry = client_of(settings.schema_registry)
+    if registry is not None:
+        inputs = settings.input.topics if settings.input.framing == "confluent" else []
+        output_topic = settings.output.topic if settings.output.framing == "confluent" else None
+        with registry_errors(settings.schema_registry):
+            for line in check_registry(registry, prepared, input_topics=inputs, output_topic=output_topic):
+                print(f"ok: {line}")
     done = publish(settings.control(), prepared)
     print(
         f"published {done.deployment} version {done.number} ({done.version_id[:12]}), now active", flush=True

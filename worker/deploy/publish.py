@@ -3,7 +3,9 @@
 ``prepare`` is the deploy-time contract check, before anything is written: the graph compiles with its
 models fetched from the store (each verified against its sha256), the reader schema gives every graph input
 with its dtype, and the graph's outputs and the output schema match both ways. Every refusal is a
-``ConfigError`` naming the node, field or setting. ``publish`` then writes the version and the pointer to it
+``ConfigError`` naming the node, field or setting; with a registry, ``check_registry`` then reads the reader
+schema against the input subject's latest writer schemas and the output schema against the output subject.
+``publish`` then writes the version and the pointer to it
 (its parent is the version active before); ``rollback`` points at an earlier version, the active one's
 parent by default; ``delete`` writes tombstones for the pointer and every version.
 """
@@ -12,11 +14,13 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from worker.avro.registry import SchemaRegistryClient
+from worker.avro.resolve import incompatibility
 from worker.avro.schema import AvroSchema, SchemaParseError, layout
 from worker.deploy.records import (
     ActiveRecord,
@@ -91,6 +95,44 @@ def prepare(
         message=message,
     )
     return Prepared(record, compiled)
+
+
+LATEST_WRITERS = 5  # the input subject's latest versions a publish reads the reader schema against
+
+
+def check_registry(
+    registry: SchemaRegistryClient,
+    prepared: Prepared,
+    *,
+    input_topics: Sequence[str],
+    output_topic: str | None,
+    latest: int = LATEST_WRITERS,
+) -> list[str]:
+    """What the registry says of a version, before it is written: every one of the latest ``latest``
+    writer schemas of each input topic's subject resolves to the version's reader schema, and the output
+    subject would take its output schema. One line per check passed; ``ConfigError`` naming the subject and
+    version that fails."""
+    record = prepared.record
+    reader, output = AvroSchema.parse(record.reader_schema), AvroSchema.parse(record.output_schema)
+    lines = []
+    for topic in input_topics:
+        subject = f"{topic}-value"
+        versions = registry.versions(subject)[-latest:]
+        for version in versions:
+            problem = incompatibility(registry.version(subject, version), reader)
+            if problem is not None:
+                why = f"{subject} version {version} cannot be read with the reader schema: {problem}"
+                raise ConfigError(why, field="input.reader_schema")
+        shown = f"versions {versions[0]}-{versions[-1]}" if versions else "no version yet"
+        lines.append(f"{subject} ({shown}) resolves to the reader schema")
+    if output_topic is not None:
+        subject = f"{output_topic}-value"
+        if not registry.compatible(subject, output):
+            level = registry.compatibility(subject)
+            raise ConfigError(f"the output schema is not compatible with {subject} (compatibility {level})",
+                              field="output.schema")  # fmt: skip
+        lines.append(f"{subject} takes the output schema")
+    return lines
 
 
 def publish(control: Control, prepared: Prepared) -> Published:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from worker.models import ModelStore
 from worker.runtime.config import (
@@ -21,6 +21,7 @@ from worker.runtime.config import (
     RegistrySettings,
     check_store_location,
     load_as,
+    split_csv,
 )
 
 
@@ -29,12 +30,17 @@ class _Loose(BaseModel):
 
 
 class _Input(_Loose):
+    topics: Annotated[list[str], NoDecode] = []
     reader_schema: Path | None = None
+    framing: Literal["confluent", "plain"] = "confluent"
+
+    _csv = field_validator("topics", mode="before")(split_csv)
 
 
 class _Output(_Loose):
     topic: str | None = None
     schema_path: Path | None = Field(None, alias="schema")
+    framing: Literal["confluent", "plain"] = "confluent"
 
 
 class DeploySettings(BaseSettings):

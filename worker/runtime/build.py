@@ -28,7 +28,7 @@ from worker.errors import ConfigError, RegistryUnavailable
 from worker.graph import compile_graph, load_graph
 from worker.graph.onnx_runtime import SessionCache
 from worker.models.store import ModelStore
-from worker.runtime.config import Settings
+from worker.runtime.config import RegistrySettings, Settings
 from worker.runtime.contract import check_outputs
 from worker.runtime.pipeline import Pipeline
 
@@ -37,7 +37,11 @@ SESSIONS = SessionCache()
 
 
 def registry_client(settings: Settings) -> SchemaRegistryClient | None:
-    registry = settings.schema_registry
+    return client_of(settings.schema_registry)
+
+
+def client_of(registry: RegistrySettings) -> SchemaRegistryClient | None:
+    """A client for these registry settings; None without a URL (plain Avro)."""
     if registry.url is None:
         return None
     config = RegistryConfig(url=registry.url, basic_auth_user_info=registry.user_info(),
@@ -130,9 +134,9 @@ def uses_registry(settings: Settings) -> bool:
 
 
 @contextmanager
-def registry_errors(settings: Settings) -> Iterator[None]:
+def registry_errors(settings: Settings | RegistrySettings) -> Iterator[None]:
     """Registry failures at start as one ConfigError naming the setting to fix (the client has retried)."""
-    registry = settings.schema_registry
+    registry = settings.schema_registry if isinstance(settings, Settings) else settings
     url = display_url(registry.url or "")
     try:
         yield

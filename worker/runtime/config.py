@@ -119,7 +119,7 @@ def _check_readable(**files: Path | None) -> None:
             raise _Refused(name, f"cannot read {file}")
 
 
-def _split_csv(value: Any) -> Any:
+def split_csv(value: Any) -> Any:
     return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
 
@@ -312,7 +312,7 @@ class InputSettings(_Strict):
     framing: Literal["confluent", "plain"] = "confluent"
     writer_schema: Path | None = None  # plain framing: the producers' schema (default: the reader schema)
 
-    _csv = field_validator("topics", mode="before")(_split_csv)
+    _csv = field_validator("topics", mode="before")(split_csv)
 
 
 class OutputSettings(_Strict):
