@@ -166,9 +166,8 @@ def _wait(settings: DeploySettings, args: argparse.Namespace, name: str, version
 def _status(args: argparse.Namespace) -> int:
     settings = load_deploy_settings(args.config)
     deployment = _deployment(settings, args.name)
-    members = live(
-        settings.kafka.client_config("consumer"), _group(settings), settings.deployments.status_topic
-    )
+    config, group = settings.kafka.client_config("consumer"), _group(settings)
+    members = live(config, group, settings.deployments.status_topic, with_lag=True)
     rows: list[dict[str, Any]] = []
     for member in members:
         status = member.status
@@ -178,14 +177,14 @@ def _status(args: argparse.Namespace) -> int:
         rows.append({"replica": status.replica if status else None, "member_id": member.member_id,
                      "host": member.host, "version": status.version if running and status else None,
                      "since": status.since if status else None,
-                     "refused": sorted(status.refused) if status else [],
+                     "refused": sorted(status.refused) if status else [], "lag": member.lag,
                      "heartbeat_at": status.heartbeat_at if status else None})  # fmt: skip
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    _print_table(["replica", "host", "version", "since", "refused", "heartbeat"], [
+    _print_table(["replica", "host", "version", "since", "lag", "refused", "heartbeat"], [
         [r["replica"] or f"({r['member_id'][:16]}: no status yet)", r["host"], str(r["version"] or "-"),
-         r["since"] or "-", str(len(r["refused"])), r["heartbeat_at"] or "-"] for r in rows
+         r["since"] or "-", str(r["lag"]), str(len(r["refused"])), r["heartbeat_at"] or "-"] for r in rows
     ])  # fmt: skip
     return 0
 

@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from worker.deploy.topic import ensure_topic, read_log
@@ -116,6 +116,7 @@ class Live:
     client_id: str
     host: str
     status: ReplicaStatus | None
+    lag: int | None = None  # records of its assigned partitions past the group's committed offsets
 
 
 def live(
@@ -125,8 +126,9 @@ def live(
     *,
     admin: Callable[[Mapping[str, Any]], Any] = lambda c: AdminClient(dict(c)),
     timeout_s: float = 10.0,
+    with_lag: bool = False,
 ) -> list[Live]:
-    """The group's live members joined with their status records by member id."""
+    """The group's live members joined with their status records by member id (and each one's lag)."""
     client = admin(config)  # held until the answer is in: a collected client never completes its futures
     described = client.describe_consumer_groups([group_id], request_timeout=timeout_s)[group_id]
     try:
@@ -134,8 +136,30 @@ def live(
     except Exception as exc:  # confluent-kafka raises KafkaException with the broker's error
         raise ConfigError(f"cannot describe group {group_id}: {exc}", field="group_id") from exc
     by_member = {s.member_id: s for s in read_statuses(config, topic).values() if s.member_id}
-    return sorted((Live(m.member_id, m.client_id, m.host, by_member.get(m.member_id)) for m in members),
-                  key=lambda member: member.member_id)  # fmt: skip
+    lags = _lags(client, group_id, members, timeout_s) if with_lag else {}
+    found = [Live(m.member_id, m.client_id, m.host, by_member.get(m.member_id), lags.get(m.member_id))
+             for m in members]  # fmt: skip
+    return sorted(found, key=lambda member: member.member_id)
+
+
+def _lags(client: Any, group_id: str, members: list[Any], timeout_s: float) -> dict[str, int]:
+    """Per member id, the records of its assigned partitions past what the group committed."""
+    owned = {m.member_id: [(tp.topic, tp.partition) for tp in m.assignment.topic_partitions] for m in members}
+    partitions = [TopicPartition(t, p) for tps in owned.values() for t, p in tps]
+    if not partitions:
+        return dict.fromkeys(owned, 0)
+    request = [ConsumerGroupTopicPartitions(group_id, partitions)]
+    listed = client.list_consumer_group_offsets(request, request_timeout=timeout_s)[group_id]
+    committed = {
+        (tp.topic, tp.partition): max(tp.offset, 0)
+        for tp in listed.result(timeout=timeout_s).topic_partitions
+    }
+    latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+    ends = client.list_offsets(dict.fromkeys(partitions, latest), request_timeout=timeout_s)
+    end = {(tp.topic, tp.partition): future.result(timeout=timeout_s).offset for tp, future in ends.items()}
+    return {
+        member: sum(max(end[tp] - committed.get(tp, 0), 0) for tp in tps) for member, tps in owned.items()
+    }
 
 
 def wait_running(

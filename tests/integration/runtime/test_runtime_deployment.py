@@ -122,6 +122,7 @@ def test_replicas_follow_a_deployment_and_swap_versions_without_loss(
     assert main(["deploy", "status", name, "--json", "--config", str(s.config)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert [(r["version"], len(r["refused"])) for r in shown] == [(3, 1), (3, 1)]
+    assert all(isinstance(r["lag"], int) and r["lag"] >= 0 for r in shown)
     for p, o in produce(
         s.bootstrap_servers, s.input_topic, plan_events(s.graph, EVENTS, seed=32, schema_id=s.schema_id)
     ).items():
