@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from examples.iris.train import train as train_iris
-from worker.deploy.publish import Prepared, prepare
+from worker.deploy.publish import Prepared, check_sample, prepare
 from worker.errors import ConfigError, ModelError
 from worker.models import ModelStore, parse_model_id
 
@@ -92,3 +92,18 @@ def test_a_bad_deployment_name_or_graph_file_is_refused_by_field(
     with pytest.raises(ConfigError, match="not a JSON object") as caught:
         prepare("iris", tmp_path / "g.json", READER, OUTPUT, ModelStore(iris[1]))
     assert caught.value.field == "graph"
+
+
+def test_a_sample_must_score_whole(iris: tuple[Path, Path], tmp_path: Path) -> None:
+    prepared = prepare("iris", iris[0], READER, OUTPUT, ModelStore(iris[1]))
+    good = {"id": "a", "sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+    sample = tmp_path / "sample.jsonl"
+    sample.write_text("\n".join(json.dumps({**good, "id": str(i)}) for i in range(3)) + "\n")
+    assert check_sample(prepared, sample) == "3 sample events scored"
+    sample.write_text(json.dumps(good) + "\n" + json.dumps({**good, "sepal_length": "five"}) + "\n")
+    with pytest.raises(ConfigError, match=r"sample event 1 of .* was not scored") as caught:
+        check_sample(prepared, sample)
+    assert caught.value.field == "--sample"
+    sample.write_text("")
+    with pytest.raises(ConfigError, match="holds no event"):
+        check_sample(prepared, sample)

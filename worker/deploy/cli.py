@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.deploy.publish import check_registry, delete, prepare, publish, rollback
+from worker.deploy.publish import check_registry, check_sample, delete, prepare, publish, rollback
 from worker.deploy.records import Deployment, Table, VersionRecord
 from worker.deploy.settings import DeploySettings, load_deploy_settings
 from worker.deploy.status import live, wait_running
@@ -47,6 +47,9 @@ def register(subparsers: Any) -> None:
     )
     pub.add_argument("--output-schema", type=Path, help="the score schema (default: output.schema)")
     pub.add_argument("--message", default="", help="what changed, shown by `deploy history`")
+    pub.add_argument(
+        "--sample", type=Path, help="events (JSON Lines or Avro) that must all score before it is written"
+    )
     _waiting(pub)
     listing = action("list", "every deployment and its active version", _list, named=False)
     listing.add_argument("--json", action="store_true")
@@ -88,6 +91,8 @@ def _publish(args: argparse.Namespace) -> int:
     prepared = prepare(args.name, args.graph, reader, output, settings.store(), message=args.message,
                        allow_custom_domains=settings.allow_custom_domains)  # fmt: skip
     print(f"ok: the graph compiles with its {len(prepared.record.models)} models and fits both schemas")
+    if args.sample is not None:
+        print(f"ok: {check_sample(prepared, args.sample)}")
     registry = client_of(settings.schema_registry)
     if registry is not None:
         inputs = settings.input.topics if settings.input.framing == "confluent" else []

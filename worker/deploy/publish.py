@@ -38,6 +38,8 @@ from worker.graph.compile import compile_graph, load_graph
 from worker.graph.runner import CompiledGraph
 from worker.models import ModelStore
 from worker.runtime.contract import check_inputs, check_outputs
+from worker.scoring.reader import read_events
+from worker.scoring.score import score_events
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,21 @@ def prepare(
         message=message,
     )
     return Prepared(record, compiled)
+
+
+def check_sample(prepared: Prepared, sample: Path) -> str:
+    """Score the events of ``sample`` (JSON Lines or Avro, as ``rtml-worker score`` reads them) with the
+    version's graph: every one must score. The line to print, or ``ConfigError`` naming the first that did
+    not."""
+    count = 0
+    for result in score_events(prepared.compiled, read_events(sample)):
+        if "error" in result:
+            why = f"sample event {count} of {sample} was not scored: {json.dumps(result['error'])}"
+            raise ConfigError(why, field="--sample")
+        count += 1
+    if count == 0:
+        raise ConfigError(f"{sample} holds no event", field="--sample")
+    return f"{count} sample events scored"
 
 
 LATEST_WRITERS = 5  # the input subject's latest versions a publish reads the reader schema against
