@@ -72,3 +72,12 @@ def new_topic(admin: AdminClient) -> Iterator[Callable[..., str]]:
     if created:
         for future in admin.delete_topics(created, operation_timeout=30).values():
             future.result(timeout=30)
+
+
+@pytest.fixture
+def control_topic(admin: AdminClient) -> Iterator[str]:
+    """A fresh name for a deployment topic, deleted after the test if something made it."""
+    name = f"test-deployments-{uuid.uuid4().hex[:12]}"
+    yield name
+    if name in admin.list_topics(timeout=10).topics:
+        admin.delete_topics([name], operation_timeout=30)[name].result(timeout=30)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +15,6 @@ from worker.cli import main
 from worker.models import ModelStore
 
 ROOT = Path(__file__).resolve().parents[2]
-S3_DEFAULTS = {
-    "AWS_ENDPOINT_URL": "http://127.0.0.1:8083",
-    "AWS_ACCESS_KEY_ID": "rtml",
-    "AWS_SECRET_ACCESS_KEY": "rtml-local-secret",
-    "AWS_REGION": "us-east-1",
-    "AWS_ALLOW_HTTP": "true",
-}
 
 
 @pytest.fixture
@@ -30,16 +22,14 @@ def settings_file(
     admin: AdminClient,
     bootstrap_servers: str,
     schema_registry_url: str,
+    s3_location: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Path]:
     """A replica's settings file (group, topics and all) naming a fresh deployment topic and S3 prefix."""
-    for key, value in S3_DEFAULTS.items():
-        if key not in os.environ:
-            monkeypatch.setenv(key, value)
     monkeypatch.setenv("RTML_MODEL_CACHE", str(tmp_path / "cache"))
     topic = f"test-deployments-{uuid.uuid4().hex[:12]}"
-    store = f"s3://{os.environ.get('RTML_S3_BUCKET', 'rtml')}/test-{uuid.uuid4().hex}"
+    store = s3_location
     path = tmp_path / "worker.toml"
     path.write_text(f"""
 group_id = "iris"

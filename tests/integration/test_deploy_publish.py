@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient
 
 from examples.iris.train import train as train_iris
 from worker.deploy.publish import delete, prepare, publish, rollback
@@ -19,14 +16,6 @@ from worker.models import ModelStore
 ROOT = Path(__file__).resolve().parents[2]
 READER = ROOT / "schemas" / "iris_event.avsc"
 OUTPUT = ROOT / "schemas" / "iris_score.avsc"
-
-
-@pytest.fixture
-def control_topic(admin: AdminClient) -> Iterator[str]:
-    name = f"test-deployments-{uuid.uuid4().hex[:12]}"
-    yield name
-    if name in admin.list_topics(timeout=10).topics:
-        admin.delete_topics([name], operation_timeout=30)[name].result(timeout=30)
 
 
 def test_publish_twice_roll_back_and_delete(

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # type: ignore[attr-defined]
@@ -18,15 +17,6 @@ from worker.deploy.records import (
 )
 from worker.deploy.topic import ensure_topic, read_table, write
 from worker.errors import ConfigError
-
-
-@pytest.fixture
-def control_topic(admin: AdminClient) -> Iterator[str]:
-    """A fresh name for a deployment topic, deleted after the test if it was made."""
-    name = f"test-deployments-{uuid.uuid4().hex[:12]}"
-    yield name
-    if name in admin.list_topics(timeout=10).topics:
-        admin.delete_topics([name], operation_timeout=30)[name].result(timeout=30)
 
 
 def version(name: str, message: str) -> VersionRecord:

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from worker.models import ModelStore
 from worker.runtime.config import (
     DeploymentsSettings,
+    EnvFirst,
     KafkaSettings,
     RegistrySettings,
     check_store_location,
@@ -43,7 +44,7 @@ class _Output(_Loose):
     framing: Literal["confluent", "plain"] = "confluent"
 
 
-class DeploySettings(BaseSettings):
+class DeploySettings(EnvFirst):
     model_config = SettingsConfigDict(
         env_prefix="RTML_", env_nested_delimiter="__", extra="ignore", frozen=True, populate_by_name=True
     )
@@ -59,17 +60,6 @@ class DeploySettings(BaseSettings):
     output: _Output = _Output()
 
     _store = field_validator("model_store")(check_store_location)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)  # as the worker's: the environment wins over the file
 
     def store(self) -> ModelStore:
         return ModelStore(

@@ -368,7 +368,22 @@ def check_store_location(value: str) -> str:
     return value
 
 
-class Settings(BaseSettings):
+class EnvFirst(BaseSettings):
+    """Settings read from the environment first, then from the file's values (``load_as``'s kwargs)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+
+class Settings(EnvFirst):
     """Everything ``rtml-worker run`` needs. Field names are the keys of the TOML file."""
 
     model_config = SettingsConfigDict(
@@ -411,18 +426,6 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9100, ge=0, le=65535)  # 0: pick a free port (tests)
     stall_after_s: float = Field(30.0, gt=0)  # /healthz fails when the loop has not turned for this long
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Environment first, then the values from the file (passed as init kwargs by `load_settings`).
-        return (env_settings, init_settings)
 
     _store = field_validator("model_store")(check_store_location)
 
