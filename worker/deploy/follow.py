@@ -94,9 +94,8 @@ class Follower:
         self._status = status
         self._replica = replica_id(settings)
         self._member_id: Callable[[], str] = lambda: ""
-        self._running: tuple[int, str, str] | None = (
-            None  # (number, graph digest, since) of the version in use
-        )
+        # (number, graph digest, since when) of the version in use, for the status
+        self._in_use: tuple[int, str, str] | None = None
         self._reported = 0.0
         self._reported_member = ""
         self._suspend: Callable[[str], object] = lambda _reason: None
@@ -179,7 +178,7 @@ class Follower:
             if (deployment is None or deployment.active is None) and self.running is not None:
                 log.warning("deployment deleted: this replica commits what is done and pauses until a "
                             "version is published", extra={"deployment": self.name})  # fmt: skip
-                self.running, self._running = None, None
+                self.running, self._in_use = None, None
                 self._suspend(f"deployment {self.name} deleted; publish a version to resume")
                 self.report()
             return False
@@ -222,14 +221,14 @@ class Follower:
         self.running = version.version_id
         deployment = self.table.get(self.name)
         number = deployment.number(version.version_id) if deployment is not None else 0
-        self._running = (number, pipeline.graph.digest, now())
+        self._in_use = (number, pipeline.graph.digest, now())
 
     def report(self) -> None:
         """Write this replica's status (no-op without a status writer)."""
         self._reported, self._reported_member = time.monotonic(), self._member_id()
         if self._status is None:
             return
-        number, digest, since = self._running if self._running is not None else (None, None, None)
+        number, digest, since = self._in_use if self._in_use is not None else (None, None, None)
         status = ReplicaStatus(
             replica=self._replica,
             member_id=self._reported_member,
