@@ -71,7 +71,8 @@ def scenario(
             graph=graph or car_models.graph_path,
             store=car_models.store,
         )
-        values.update(settings or {})
+        for key, value in (settings or {}).items():  # a table given is merged into the default one
+            values[key] = {**values[key], **value} if isinstance(value, dict) and key in values else value
         logs = tmp_path / f"{name}-logs"
         logs.mkdir()
         fleet = Fleet(write_config(tmp_path / f"{name}.toml", values), logs, replicas, group_id)
