@@ -62,24 +62,29 @@ def test_replicas_follow_a_deployment_and_swap_versions_without_loss(
     scenario: Callable[..., Scenario],
     car_models: CarModels,
     topics: tuple[str, str],
+    s3_location: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     name = f"cars-{uuid.uuid4().hex[:8]}"
     control_topic, status_topic = topics
+    # The models in the real S3Proxy; each replica starts with an empty cache of its own.
+    folder, store = ModelStore(car_models.store), ModelStore(s3_location, cache=tmp_path / "publisher-cache")
+    for info in folder.list_models():
+        store.put(folder.load(info.model_id), name=info.name)
     s = scenario(
         partitions=PARTITIONS,
         replicas=2,
         settings={
             "graph": None,
             "deployment": name,
+            "model_store": s3_location,
             "deployments": {"topic": control_topic, "status_topic": status_topic},
         },
     )
     control = Control(
         control_topic, {"bootstrap.servers": s.bootstrap_servers}, {"bootstrap.servers": s.bootstrap_servers}
     )
-    store = ModelStore(car_models.store)
     v2_graph = renamed(car_models.graph_path, tmp_path, "cars-v2")
     v1 = publish(control, prepare(name, car_models.graph_path, EVENT_SCHEMA, SCORE_SCHEMA, store))
 
@@ -87,9 +92,15 @@ def test_replicas_follow_a_deployment_and_swap_versions_without_loss(
                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert check.returncode == 0 and f"output schema of {name}@1 fits" in check.stdout, check.stderr
 
+    caches = [tmp_path / f"cache-{i}" for i in range(len(s.fleet.replicas))]
+    for replica, cache in zip(s.fleet.replicas, caches, strict=True):
+        replica.env["RTML_MODEL_CACHE"] = str(cache)
     s.fleet.start()
     s.fleet.wait_ready()
     started = time.monotonic()
+    wanted = {f"{m.sha256}.onnx" for m in prepare(name, car_models.graph_path, EVENT_SCHEMA, SCORE_SCHEMA,
+                                                       store).record.models}  # fmt: skip
+    assert all(wanted <= {p.name for p in cache.iterdir()} for cache in caches), "each fetched into its cache"
     sources = {
         p: dict(o)
         for p, o in produce(
