@@ -12,6 +12,7 @@ from worker.deploy.records import ActiveRecord, ModelRef, VersionRecord, active_
 from worker.errors import ConfigError
 from worker.runtime.build import GraphSource, RegistryDown
 from worker.runtime.config import Settings
+from worker.runtime.metrics import Metrics
 
 SCHEMA = {"type": "record", "name": "E", "fields": [{"name": "id", "type": "string"}]}
 SETTINGS: dict[str, Any] = {
@@ -51,7 +52,8 @@ class World:
         self.swapped: list[str | None] = []
         self.suspended: list[str] = []
         self.fail: list[Exception] = []
-        self.follower = Follower(Settings(**SETTINGS), self.build)
+        self.metrics = Metrics()
+        self.follower = Follower(Settings(**SETTINGS), self.build, metrics=self.metrics)
         self.follower._suspend = self.suspended.append  # what follow() hands it
         self.offset = 0
 
@@ -136,3 +138,19 @@ def test_a_pointer_to_a_version_not_seen_yet_waits_for_it() -> None:
     assert world.follower.step(world.swap) is False and world.suspended == [] and world.built == []
     world.write(v1)
     assert world.follower.step(world.swap) is True
+
+
+def test_the_version_running_swaps_and_refusals_are_exported() -> None:
+    world = World()
+    bad, good = version("bad"), version("good")
+    world.write(bad, pointer(bad))
+    world.fail.append(ConfigError("model missing", field="graph"))
+    world.follower.step(world.swap)
+    world.write(good, pointer(good))
+    world.follower.step(world.swap)
+    text = world.metrics.render().decode()
+    assert 'rtml_deployment_info{deployment="cars",digest="d",version="2"} 1.0' in text
+    assert "rtml_deployment_swaps_total 1.0" in text and "rtml_deployment_refusals_total 1.0" in text
+    world.tombstone()
+    world.follower.step(world.swap)
+    assert "rtml_deployment_info{" not in world.metrics.render().decode()

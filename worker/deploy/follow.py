@@ -33,6 +33,7 @@ from worker.errors import ConfigError
 from worker.runtime.backoff import Backoff
 from worker.runtime.build import GraphSource, RegistryDown
 from worker.runtime.config import Settings
+from worker.runtime.metrics import Metrics
 from worker.runtime.pipeline import Pipeline
 
 log = logging.getLogger("worker.deploy")
@@ -74,7 +75,13 @@ def version_source(table: Table, version: VersionRecord) -> GraphSource:
 class Follower:
     """Follows ``settings.deployment`` in its topic; ``build`` makes the pipeline of a version."""
 
-    def __init__(self, settings: Settings, build: Build, status: StatusWriter | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        build: Build,
+        status: StatusWriter | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         if settings.deployment is None:
             raise ConfigError("a follower needs a deployment name", field="deployment")
         self._settings = settings
@@ -92,6 +99,7 @@ class Follower:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._status = status
+        self._metrics = metrics
         self._replica = replica_id(settings)
         self._member_id: Callable[[], str] = lambda: ""
         # (number, graph digest, since when) of the version in use, for the status
@@ -165,6 +173,8 @@ class Follower:
         self.offset = offset + 1
         parsed = self.table.apply(key, value, offset)
         if isinstance(parsed, Refused) and parsed.key.startswith(f"{self.name}/"):
+            if self._metrics is not None:
+                self._metrics.deployment_refused()
             log.error(
                 "deployment record refused",
                 extra={"key": parsed.key, "offset": offset, "reason": parsed.reason},
@@ -179,6 +189,8 @@ class Follower:
                 log.warning("deployment deleted: this replica commits what is done and pauses until a "
                             "version is published", extra={"deployment": self.name})  # fmt: skip
                 self.running, self._in_use = None, None
+                if self._metrics is not None:
+                    self._metrics.deployment_stopped()
                 self._suspend(f"deployment {self.name} deleted; publish a version to resume")
                 self.report()
             return False
@@ -202,6 +214,8 @@ class Follower:
             self.refused[version.version_id] = str(exc)
             extra = {"deployment": self.name, "version_id": version.version_id, "reason": str(exc)}
             log.error("deployment version refused; scoring goes on with the version in use", extra=extra)
+            if self._metrics is not None:
+                self._metrics.deployment_refused()
             self.report()
             return False
         self._backoff.reset()
@@ -213,6 +227,8 @@ class Follower:
                 return False
         if taken.result():
             self._use(version, pipeline)
+            if self._metrics is not None:
+                self._metrics.deployment_swapped()
             log.info("deployment version handed to the loop", extra={"deployment": pipeline.deployment})
             self.report()
         return bool(taken.result())
@@ -222,6 +238,8 @@ class Follower:
         deployment = self.table.get(self.name)
         number = deployment.number(version.version_id) if deployment is not None else 0
         self._in_use = (number, pipeline.graph.digest, now())
+        if self._metrics is not None and pipeline.deployment is not None:
+            self._metrics.deployment_running(pipeline.deployment, pipeline.graph.digest)
 
     def report(self) -> None:
         """Write this replica's status (no-op without a status writer)."""

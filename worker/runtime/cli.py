@@ -78,7 +78,9 @@ def serve(
 
         build = _preparing(settings, registry, prepare)
         status = StatusWriter(settings)
-        follower = Follower(settings, lambda source: _build_waiting(settings, lambda: build(source)), status)
+        follower = Follower(
+            settings, lambda source: _build_waiting(settings, lambda: build(source)), status, metrics
+        )
         pipeline = follower.start()
     else:
         pipeline = _build_waiting(settings, lambda: build_pipeline(settings, registry))

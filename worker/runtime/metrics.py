@@ -28,7 +28,12 @@ Series (every name starts with ``rtml_``; counters end in ``_total``):
     rtml_producer_renewals_total{cause}     producers replaced: "timed_out" (the coordinator aborted a
                                             transaction open past its timeout), "stuck" (a librdkafka
                                             call outlived its deadline), "abort_failed" (exactly-once),
-                                            "implicit_ack" (see worker.runtime.delivery)
+                                            "implicit_ack" (see worker.runtime.delivery), "desynchronised"
+                                            (a fatal out-of-sequence error), "outputs_held" (an abort due
+                                            while librdkafka still held outputs)
+    rtml_deployment_info{deployment,version,digest}  1 for the deployment's version this replica runs
+    rtml_deployment_swaps_total             versions of a deployment swapped in
+    rtml_deployment_refusals_total          versions (or records) of a deployment this replica refused
 """
 
 from __future__ import annotations
@@ -65,13 +70,17 @@ MetricName = Literal[
     "rtml_rewinds_total",
     "rtml_transaction_aborts_total",
     "rtml_producer_renewals_total",
+    "rtml_deployment_info",
+    "rtml_deployment_swaps_total",
+    "rtml_deployment_refusals_total",
 ]
 METRIC_NAMES: Final[tuple[MetricName, ...]] = get_args(MetricName)
 RebalanceKind = Literal["assign", "revoke", "lost"]
 FailureKind = Literal["record", "broker"]
 # Why the producer was replaced. Exactly-once: the coordinator aborted a transaction open past its timeout,
-# a librdkafka call outlived its deadline, or an abort failed (see worker.runtime.transactions). Either
-# mode: an output was implicitly acknowledged (see worker.runtime.delivery).
+# a librdkafka call outlived its deadline, an abort failed, a fatal out-of-sequence error desynchronised it,
+# or an abort was due while it still held outputs (see worker.runtime.transactions). Either mode: an output
+# was implicitly acknowledged (see worker.runtime.delivery).
 RenewalKind = Literal["timed_out", "stuck", "abort_failed", "implicit_ack", "desynchronised", "outputs_held"]
 
 # Upper bounds ("le") of the histogram buckets; +Inf is added by the histogram.
@@ -168,6 +177,14 @@ class Metrics:
         self._renewals = Counter(
             _name("rtml_producer_renewals_total"), "Producers replaced, by cause.", ["cause"], registry=r
         )
+        self._deployment = Gauge("rtml_deployment_info", "1 for the deployment's version this replica runs.",
+                                 ["deployment", "version", "digest"], registry=r)  # fmt: skip
+        self._swaps = Counter(
+            _name("rtml_deployment_swaps_total"), "Deployment versions swapped in.", registry=r
+        )
+        self._refusals = Counter(
+            _name("rtml_deployment_refusals_total"), "Deployment versions or records refused.", registry=r
+        )
         # Known label values start at 0, so rate() and alerts see the series before the first event.
         for kind in get_args(FailureKind):
             self._output_failures.labels(kind=kind)
@@ -261,6 +278,22 @@ class Metrics:
     def producer_renewed(self, cause: RenewalKind) -> None:
         """Count one transactional producer replaced by a new one."""
         self._renewals.labels(cause=cause).inc()
+
+    def deployment_running(self, label: str, digest: str) -> None:
+        """This replica now runs ``label`` (``<name>@<version>``); the series of the one before goes."""
+        self._deployment.clear()
+        name, _, version = label.rpartition("@")
+        self._deployment.labels(deployment=name, version=version, digest=digest[:12]).set(1)
+
+    def deployment_stopped(self) -> None:
+        """No version runs (the deployment was deleted)."""
+        self._deployment.clear()
+
+    def deployment_swapped(self) -> None:
+        self._swaps.inc()
+
+    def deployment_refused(self) -> None:
+        self._refusals.inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition (format 0.0.4) of every series; called by the HTTP thread."""
