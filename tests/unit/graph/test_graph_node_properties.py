@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import numpy as np
+import pytest
 from graph_helpers import run
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -120,7 +121,14 @@ def test_astype_float_to_int_and_string(values: list[float | None]) -> None:
     same(got.columns["x"], [math.nan if v is None else float(math.trunc(v)) for v in values])
     node = {"kind": "astype", "columns": ["x"], "dtype": "string"}
     got = one(node, FX, {"name": "x", "dtype": "string", "nullable": True}, {"x": floats(values)})
-    same(got.columns["x"], [None if v is None else str(float(v)) for v in values])
+    same(got.columns["x"], [None if v is None else str(float(v) + 0.0) for v in values])  # -0.0 is "0.0"
+
+
+@pytest.mark.parametrize("values", [[0.0, -0.0], [-0.0, 0.0]])
+def test_astype_to_string_writes_both_zeros_as_0_in_any_order(values: list[float]) -> None:
+    node = {"kind": "astype", "columns": ["x"], "dtype": "string"}
+    got = one(node, FX, {"name": "x", "dtype": "string", "nullable": True}, {"x": floats(values)})
+    assert got.columns["x"].tolist() == ["0.0", "0.0"]
 
 
 @given(STRINGS, st.sampled_from(["lower", "upper", "strip"]))

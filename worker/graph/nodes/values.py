@@ -162,6 +162,10 @@ def _formatter(col: Column, ct: ColType) -> tuple[Column, Any]:
     null = null_mask(col, ct)
     if ct.dtype == "int64" and ct.nullable:
         col = np.where(null, 0, col).astype(np.int64)
+    if ct.dtype == "float64":
+        # -0.0 == 0.0, so the distinct values are formatted once for both: whichever came first in the batch
+        # would name them all. Adding +0.0 turns -0.0 into 0.0, so both are "0.0" in any order.
+        col = col + 0.0
     out, _ = remap(col, null, lambda v: (str(v), True), object, None)
     return out, None
 
