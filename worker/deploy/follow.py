@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 
 from confluent_kafka import Consumer, TopicPartition
@@ -106,6 +106,8 @@ class Follower:
         self._in_use: tuple[int, str, str] | None = None
         self._reported = 0.0
         self._reported_member = ""
+        self._reported_switched = 0
+        self._switched: Callable[[], Mapping[tuple[str, int], int]] = dict
         self._suspend: Callable[[str], object] = lambda _reason: None
 
     def start(self) -> Pipeline:
@@ -122,6 +124,7 @@ class Follower:
         on_crash: Callable[[str], None],
         member_id: Callable[[], str],
         suspend: Callable[[str], object] = lambda _reason: None,
+        switched: Callable[[], Mapping[tuple[str, int], int]] = dict,
     ) -> None:
         """Keep following the topic on a thread of its own, handing every new active version to ``swap``;
         ``on_crash`` hears of a bug that ended the thread (the replica must not go on unfollowing),
@@ -129,6 +132,7 @@ class Follower:
         when the deployment is deleted (until a version is published again)."""
         self._member_id = member_id
         self._suspend = suspend
+        self._switched = switched
         self._thread = threading.Thread(
             target=self._run, args=(swap, on_crash), name="deployment-follower", daemon=True
         )
@@ -151,11 +155,10 @@ class Follower:
                 if message is not None:
                     self._take(message.key(), message.value(), message.offset(), message.error())
                 self.step(swap)
-                if (
-                    time.monotonic() - self._reported > HEARTBEAT_S
-                    or self._member_id() != self._reported_member
-                ):
-                    self.report()  # a heartbeat, or at once when the replica (re)joins its group
+                joined = self._member_id() != self._reported_member
+                first = len(self._switched()) != self._reported_switched  # a partition's first score
+                if joined or first or time.monotonic() - self._reported > HEARTBEAT_S:
+                    self.report()
         except Exception as exc:  # a bug: told to the replica, which must not go on without following
             log.exception("the deployment follower crashed", extra={"deployment": self.name})
             on_crash(f"deployment follower: {type(exc).__name__}: {exc}")
@@ -244,6 +247,8 @@ class Follower:
     def report(self) -> None:
         """Write this replica's status (no-op without a status writer)."""
         self._reported, self._reported_member = time.monotonic(), self._member_id()
+        switched = self._switched()
+        self._reported_switched = len(switched)
         if self._status is None:
             return
         number, digest, since = self._in_use if self._in_use is not None else (None, None, None)
@@ -257,6 +262,7 @@ class Follower:
             graph_digest=digest,
             since=since,
             refused=dict(self.refused),
+            switched={f"{t}:{p}": offset for (t, p), offset in switched.items()} if self.running else {},
             state="scoring" if self.running is not None else "paused",
             heartbeat_at=now(),
         )

@@ -48,6 +48,8 @@ class ReplicaStatus(BaseModel):
     since: str | None = None  # when that version took over on this replica
     state: Literal["scoring", "paused"] = "scoring"  # paused: the deployment was deleted
     refused: dict[str, str] = {}  # version id -> why this replica refused it
+    # "<topic>:<partition>" -> the first offset this replica scored with the version (its switch-over)
+    switched: dict[str, int] = {}
     heartbeat_at: str
 
 

@@ -103,7 +103,11 @@ def serve(
         worker = Worker(settings, pipeline, metrics, health, clients)
         if follower is not None:
             follower.follow(
-                worker.swap_pipeline, health.set_fatal, lambda: worker.ctx.member_id, worker.suspend
+                worker.swap_pipeline,
+                health.set_fatal,
+                lambda: worker.ctx.member_id,
+                worker.suspend,
+                lambda: worker.switched,
             )
         try:
             return worker.run()

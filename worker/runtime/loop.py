@@ -112,6 +112,9 @@ class Worker:
         self.stopping = False
         self._handover: Handover[Pipeline | Suspend] = Handover()
         self._suspended: str | None = None  # why nothing is scored now (a deployment deleted)
+        # Per partition, the first offset scored with the pipeline in use (the status of a deployment's
+        # replica reports it); read from the follower's thread, so replaced whole, never changed in place.
+        self.switched: dict[TP, int] = {}
         self._registry_retry_at: float | None = None  # set while a batch waits for the registry
         self._registry_backoff = Backoff()
         self._last_lag = 0.0
@@ -278,6 +281,8 @@ class Worker:
             if delivery.rewinding or not delivery.deliver(segment, meta, result, isolated):
                 delivery.unproduced([later for later, _, _ in processed[at:]])
                 break
+            if any(tp not in self.switched for tp in meta.first_offsets):
+                self.switched = meta.first_offsets | self.switched
             self.metrics.events_out(len(result.score_values))
             self.metrics.observe_end_to_end(time.time() - meta.timestamps_ms / 1000)
         self.metrics.observe_in_worker(time.monotonic() - np.asarray(received))
@@ -319,6 +324,7 @@ class Worker:
             self._suspended = None
             self.health.set_suspended(None)
         self.pipeline = pipeline
+        self.switched = {}
         self.ctx.sink.use_graph(pipeline.graph, pipeline.deployment)
         extra = {"graph_digest": pipeline.graph.digest, "deployment": pipeline.deployment}
         log.info("new graph in use", extra=extra)

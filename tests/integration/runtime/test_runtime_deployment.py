@@ -23,7 +23,7 @@ from worker.cli import main
 from worker.deploy.publish import delete, prepare, publish
 from worker.deploy.records import ActiveRecord
 from worker.deploy.settings import Control
-from worker.deploy.status import wait_running
+from worker.deploy.status import read_statuses, wait_running
 from worker.deploy.topic import write
 from worker.errors import ConfigError
 from worker.models import ModelStore
@@ -159,6 +159,16 @@ def test_replicas_follow_a_deployment_and_swap_versions_without_loss(
     )
     again = publish(control, prepare(name, car_models.graph_path, EVENT_SCHEMA, SCORE_SCHEMA, store))
     wait_running(client, s.group_id, status_topic, again.version_id, label=f"{name}@1", timeout_s=60)
+    # The status names, per partition, the first offset scored with the version: where the third run began.
+    deadline = time.monotonic() + 60
+    while True:
+        switched = {
+            k: v for st in read_statuses(client, status_topic).values() for k, v in st.switched.items()
+        }
+        if len(switched) == PARTITIONS or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert switched == {f"{s.input_topic}:{p}": second_end[p] + 1 for p in range(PARTITIONS)}
     finish(s, sources, started)
 
     report, scores, _ = collect_and_verify(
