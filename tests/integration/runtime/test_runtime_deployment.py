@@ -20,7 +20,7 @@ from test_runtime_delivery import finish
 from verifier import collect_and_verify, describe, read_outputs
 
 from worker.cli import main
-from worker.deploy.publish import delete, prepare, publish
+from worker.deploy.publish import delete, prepare, publish, rollback
 from worker.deploy.records import ActiveRecord
 from worker.deploy.settings import Control
 from worker.deploy.status import read_statuses, wait_running
@@ -195,3 +195,56 @@ def test_replicas_follow_a_deployment_and_swap_versions_without_loss(
         expected = [f"{name}@3" if first_end[partition] < o <= second_end[partition] else f"{name}@1"
                     for o in offsets]  # fmt: skip
         assert labels == expected, f"partition {partition}: versions switch exactly between the runs"
+
+
+def test_a_rollback_recovers_replicas_whose_breaker_a_bad_version_tripped(
+    scenario: Callable[..., Scenario], car_models: CarModels, topics: tuple[str, str], tmp_path: Path
+) -> None:
+    name = f"cars-{uuid.uuid4().hex[:8]}"
+    control_topic, status_topic = topics
+    breaker = {"max_consecutive_invalid": 20, "window_records": 100_000}
+    deployments = {"topic": control_topic, "status_topic": status_topic}
+    settings = {"graph": None, "deployment": name, "breaker": breaker, "deployments": deployments}
+    s = scenario(partitions=PARTITIONS, replicas=2, settings=settings)
+    client = {"bootstrap.servers": s.bootstrap_servers}
+    control = Control(control_topic, client, client)
+    store = ModelStore(car_models.store)
+    publish(control, prepare(name, car_models.graph_path, EVENT_SCHEMA, SCORE_SCHEMA, store))
+    # A version that passes every check but rejects every row: no event id is an int64.
+    spec = json.loads(car_models.graph_path.read_text())
+    strict = {"id": "strict", "kind": "astype", "columns": ["ecid"], "dtype": "int64"}
+    back_to_string = {"id": "back", "kind": "astype", "columns": ["ecid"], "dtype": "string"}
+    spec["nodes"] = [strict, back_to_string, *spec["nodes"]]
+    (tmp_path / "rejects.json").write_text(json.dumps(spec))
+    s.fleet.start()
+    s.fleet.wait_ready()
+    started = time.monotonic()
+    bad = publish(control, prepare(name, tmp_path / "rejects.json", EVENT_SCHEMA, SCORE_SCHEMA, store))
+    wait_running(client, s.group_id, status_topic, bad.version_id, label=f"{name}@2", timeout_s=60)
+    sources = produce(
+        s.bootstrap_servers, s.input_topic, plan_events(s.graph, EVENTS, seed=34, schema_id=s.schema_id)
+    )
+    deadline = time.monotonic() + 60
+    while any(r.readyz() == 200 for r in s.fleet.replicas):  # each trips: not ready, nothing more committed
+        assert time.monotonic() < deadline, "a replica stayed ready under a version that rejects every row"
+        time.sleep(0.2)
+    back = rollback(control, name)
+    wait_running(client, s.group_id, status_topic, back.version_id, label=f"{name}@1", timeout_s=60)
+    s.fleet.wait_ready()  # recovered without a restart
+    finish(s, sources, started)
+    report, scores, dead = collect_and_verify(
+        s.bootstrap_servers,
+        s.registry_url,
+        sources,
+        input_topic=s.input_topic,
+        score_topic=s.score_topic,
+        dead_letter_topic=s.dead_letter_topic,
+        score_partitions=PARTITIONS,
+    )
+    print(describe(sources, report))
+    assert report.lost == report.wrong == report.unknown == 0, report.render()
+    assert len(dead) <= 2 * PARTITIONS * 20, "no more dead-lettered in a row than each breaker allows"
+    assert {out.header("rtml.deployment") for out in scores} == {f"{name}@1"}, (
+        "the rest scored after the rollback"
+    )
+    assert all(r.starts == 1 for r in s.fleet.replicas), "no replica was restarted"
