@@ -27,6 +27,7 @@ from worker.deploy.status import read_statuses, wait_running
 from worker.deploy.topic import write
 from worker.errors import ConfigError
 from worker.models import ModelStore
+from worker.models.blobs import open_blobs
 
 EVENTS = 600
 PARTITIONS = 4
@@ -49,6 +50,17 @@ def renamed(graph: Path, folder: Path, name: str) -> Path:
     path = folder / f"{name}.json"
     path.write_text(json.dumps(spec))
     return path
+
+
+def wait_all_ready(s: Scenario, timeout_s: float = 60.0) -> None:
+    """Until every replica answers /readyz with 200 (Fleet.wait_ready returns at the first)."""
+    deadline = time.monotonic() + timeout_s
+    while len(s.fleet.ready()) < len(s.fleet.replicas):
+        assert time.monotonic() < deadline, (
+            f"not every replica ready after {timeout_s:.0f} s\n{s.fleet.logs()}"
+        )
+        s.fleet.check()
+        time.sleep(0.2)
 
 
 def wait_scored(s: Scenario, n: int, timeout_s: float = 60.0) -> None:
@@ -96,7 +108,7 @@ def test_replicas_follow_a_deployment_and_swap_versions_without_loss(
     for replica, cache in zip(s.fleet.replicas, caches, strict=True):
         replica.env["RTML_MODEL_CACHE"] = str(cache)
     s.fleet.start()
-    s.fleet.wait_ready()
+    wait_all_ready(s)
     started = time.monotonic()
     wanted = {f"{m.sha256}.onnx" for m in prepare(name, car_models.graph_path, EVENT_SCHEMA, SCORE_SCHEMA,
                                                        store).record.models}  # fmt: skip
@@ -109,25 +121,28 @@ def test_replicas_follow_a_deployment_and_swap_versions_without_loss(
     }
     first_end = {p: max(o) for p, o in sources.items()}
 
-    # A record written around the CLI, and a version whose model is not in the store: both refused.
+    # A record written around the CLI, and a version whose model was tampered with: both refused.
     producer = Producer({"bootstrap.servers": s.bootstrap_servers})
     producer.produce(control_topic, key=f"{name}/active".encode(), value=b"{malformed")
     producer.flush(10)
-    broken = prepare(name, car_models.graph_path, EVENT_SCHEMA, SCORE_SCHEMA, store).record
-    text = json.dumps(broken.graph)
-    for model in broken.models:  # a version naming models the store does not have
-        text = text.replace(model.model_id, "sha256:" + "0" * 64)
-    broken = broken.model_copy(update={"graph": json.loads(text)})
+    # A version whose model was tampered with in S3 after the check: the logistic regression, which no
+    # replica has fetched yet, its object's bytes changed once the version was prepared.
+    broken = prepare(
+        name, car_models.graph_path.with_name("graph_lr.json"), EVENT_SCHEMA, SCORE_SCHEMA, store
+    )
+    [model] = broken.record.models
+    open_blobs(s3_location).put(f"{model.sha256}.onnx", folder.load(model.model_id) + b"\0")
+    broken = broken.record
     pointer = ActiveRecord(
         deployment=name, version_id=broken.version_id, updated_at="2026-12-04T00:00:00+00:00"
     )
     write(control.write, control_topic, [broken, pointer])
     client = {"bootstrap.servers": s.bootstrap_servers}
-    with pytest.raises(ConfigError, match=rf"refused {name}@2: model sha256:0+ is not in the model store"):
+    with pytest.raises(ConfigError, match=rf"refused {name}@2: model sha256:[0-9a-f]+: content in s3://"):
         wait_running(client, s.group_id, status_topic, broken.version_id, label=f"{name}@2", timeout_s=60)
 
     v2 = publish(control, prepare(name, v2_graph, EVENT_SCHEMA, SCORE_SCHEMA, store, message="renamed"))
-    # --wait: back only once both replicas run it (the broken version is number 2, this one number 3)
+    # --wait: back only once both replicas run it (the tampered version is number 2, this one number 3)
     members = wait_running(client, s.group_id, status_topic, v2.version_id, label=f"{name}@3", timeout_s=60)
     assert len(members) == 2 and {m.status.version for m in members if m.status} == {3}
     assert main(["deploy", "status", name, "--json", "--config", str(s.config)]) == 0
@@ -230,7 +245,7 @@ def test_a_rollback_recovers_replicas_whose_breaker_a_bad_version_tripped(
         time.sleep(0.2)
     back = rollback(control, name)
     wait_running(client, s.group_id, status_topic, back.version_id, label=f"{name}@1", timeout_s=60)
-    s.fleet.wait_ready()  # recovered without a restart
+    wait_all_ready(s)  # every one recovered, without a restart
     finish(s, sources, started)
     report, scores, dead = collect_and_verify(
         s.bootstrap_servers,
