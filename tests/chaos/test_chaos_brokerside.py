@@ -77,17 +77,18 @@ def test_chaos_leader_bounces(chaos_env: ChaosEnv, chaos_stack: object, delivery
         row.add(result)
     row.notes.append(f"backlog at most {deepest:.1f} s of load during a fault; "
                      f"scored again at most {worst:.1f} s after a fault ended")  # fmt: skip
-    late = f"the backlog took {worst:.1f} s to be scored again, over the {RECOVERY_LIMIT_S:.0f} s bound"
-    if worst > RECOVERY_LIMIT_S and delivery == "exactly-once":
-        # A known fault, not yet fixed: after a SIGKILL of the group coordinator's broker librdkafka's
-        # send_offsets_to_transaction can stay blocked (#5456, #5511) until the watchdog gives the producer
-        # up at the transaction's deadline, about 17 s after it began. Nothing is lost or doubled meanwhile
-        # (checked above, run by run), but the claim does not hold: no row is kept, and the test says so.
-        row.notes.insert(0, f"FAILED its recovery bound: {late}")
-        pytest.xfail(f"{late} (librdkafka #5456/#5511: a send_offsets_to_transaction stuck)")
-    assert worst <= RECOVERY_LIMIT_S, late
     # at-least-once with a finite message.timeout.ms: a timed-out head is replayed after its tail
-    row.check(delivery, in_order=delivery == "exactly-once")  # only now: a row is kept when every claim held
+    row.check(delivery, in_order=delivery == "exactly-once")  # loss, duplicates, order: whatever the time
+    if worst > RECOVERY_LIMIT_S:
+        late = f"the backlog took {worst:.1f} s to be scored again, over the {RECOVERY_LIMIT_S:.0f} s bound"
+        row.passed = False  # a claim did not hold: no row is kept
+        row.notes.insert(0, f"FAILED its recovery bound: {late}")
+        if delivery == "exactly-once":
+            # A known fault, not yet fixed: after a SIGKILL of the group coordinator's broker librdkafka's
+            # send_offsets_to_transaction can stay blocked (#5456, #5511) until the watchdog gives the
+            # producer up at the transaction's deadline, about 17 s after it began.
+            pytest.xfail(f"{late} (librdkafka #5456/#5511: a send_offsets_to_transaction stuck)")
+        pytest.fail(late)
 
 
 PARTITION_TARGETS = ("broker", "registry")
