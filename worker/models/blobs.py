@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+import obstore
+import obstore.store
+
 from worker.errors import ModelError
 
 OBJECT_SCHEMES = ("s3", "s3a", "gs", "az", "abfs", "abfss", "azure")
@@ -132,8 +135,6 @@ class ObjectBlobs:
     """Keys as objects under a bucket's prefix, through obstore. A PUT is atomic in S3, GCS and Azure."""
 
     def __init__(self, url: str) -> None:
-        import obstore.store  # imported here: a folder store needs none of it
-
         self._where = redact(url)
         parts = urlsplit(url)
         if not parts.netloc:
@@ -154,16 +155,12 @@ class ObjectBlobs:
         return self._where
 
     def put(self, key: str, data: bytes) -> None:
-        import obstore
-
         try:
             obstore.put(self._store, key, data)
         except Exception as exc:
             raise ModelError(f"{self.where}: cannot write {key} ({_reason(exc)})") from exc
 
     def get(self, key: str) -> bytes:
-        import obstore
-
         try:
             return bytes(obstore.get(self._store, key).bytes())
         except FileNotFoundError as exc:
@@ -172,8 +169,6 @@ class ObjectBlobs:
             raise ModelError(f"{self.where}: cannot read {key} ({_reason(exc)})") from exc
 
     def info(self, key: str) -> int | None:
-        import obstore
-
         try:
             return int(obstore.head(self._store, key)["size"])
         except FileNotFoundError:
@@ -182,8 +177,6 @@ class ObjectBlobs:
             raise ModelError(f"{self.where}: cannot read {key} ({_reason(exc)})") from exc
 
     def list(self, suffix: str = "") -> list[str]:
-        import obstore
-
         try:
             keys = [meta["path"] for chunk in obstore.list(self._store) for meta in chunk]
         except Exception as exc:
